@@ -1,0 +1,429 @@
+"""The Recipe: every training-strategy choice in one validated, YAML-serialisable dataclass.
+
+FasterDiT's claim is that the *strategy* (path, target, timestep law, data std, loss) rather than the
+architecture decides how fast a DiT trains. Keeping all of those choices in one object makes runs
+comparable and reproducible: the trainer, the loss, the samplers and the SNR analyser all read the
+same Recipe, and the Recipe is saved next to every checkpoint.
+
+Presets (docs/diffusion.md gives their sources):
+
+* ``dit``: DDPM-linear chain, ε-target, uniform discrete steps, learned variance with the hybrid
+  loss (ε-MSE + VB), DDPM ancestral sampling with 250 steps: the official DiT.
+* ``sit``: rectified flow (flow-linear), velocity target, uniform t: SiT's best "Linear" setting.
+* ``fasterdit``: flow-linear, velocity, lognorm(0, 1) timesteps, per-channel std modulation to
+  std 1, plus the velocity-direction loss with weight 1 over tokens.
+
+The network's timestep input is part of the recipe (``time_input``): ``index`` feeds the DDPM
+step ``t·N − 1`` (0…999, as the official DiT), ``scaled`` feeds ``t·time_scale`` (1000 by default,
+so the sinusoidal embedding with max_period 10000 resolves t as finely as DiT's indices),
+``reversed`` feeds ``1 − t`` (official SiT checkpoints, whose time runs from noise 0 to data 1).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import Tensor
+
+from fasterdit.diffusion.scaling import DataScaling
+from fasterdit.diffusion.schedules import SCHEDULES, Schedule, get_schedule
+from fasterdit.diffusion.targets import TARGETS
+from fasterdit.diffusion.timesteps import TIMESTEP_SAMPLERS, TimestepSampler, get_timestep_sampler
+from fasterdit.errors import ConfigError, DataError
+
+PRESETS = ("dit", "sit", "fasterdit")
+TIME_INPUTS = ("index", "scaled", "reversed")
+WEIGHTINGS = ("none", "min-snr")
+DIRECTION_MODES = ("channel", "token", "sample")
+# Fallback list; the samplers module's own SAMPLERS wins when it exists.
+SAMPLER_NAMES = ("euler", "heun", "dopri5", "euler-maruyama", "ddpm", "ddim")
+
+
+def _check_choice(field_name: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(field_name, f"got {value!r}; choose one of {', '.join(allowed)}")
+
+
+def _check_number(field_name: str, value: Any, *, positive: bool = False, nonneg: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(field_name, f"must be a finite number, got {value!r}")
+    if positive and not value > 0:
+        raise ConfigError(field_name, f"must be > 0, got {value!r}")
+    if nonneg and not value >= 0:
+        raise ConfigError(field_name, f"must be >= 0, got {value!r}")
+
+
+@contextmanager
+def _params_field(prefix: str, params_key: str) -> Iterator[None]:
+    """Re-raise "schedule.beta_end"-style errors under the recipe key that holds the value."""
+    try:
+        yield
+    except ConfigError as err:
+        if err.field.startswith(prefix + ".") and err.field != "timesteps.shift":
+            raise ConfigError(params_key + err.field[len(prefix) :], str(err).split(": ", 1)[1]) from err
+        if err.field == "timesteps.shift":
+            raise ConfigError("time_shift", str(err).split(": ", 1)[1]) from err
+        raise
+
+
+def _from_mapping(cls: type, d: Any, prefix: str) -> Any:
+    """Build a config dataclass from a mapping, naming unknown keys in the error."""
+    if d is None:
+        return cls()
+    if isinstance(d, cls):
+        return d
+    if not isinstance(d, Mapping):
+        raise ConfigError(prefix, f"must be a mapping, got {type(d).__name__}")
+    names = {f.name for f in fields(cls)}
+    unknown = set(d) - names
+    if unknown:
+        raise ConfigError(
+            f"{prefix}.{sorted(unknown)[0]}", f"unknown key; allowed keys: {', '.join(sorted(names))}"
+        )
+    return cls(**d)
+
+
+@dataclass
+class LossConfig:
+    """Loss terms.
+
+    Attributes:
+        weighting: ``none`` or ``min-snr`` (min-SNR-γ of Hang et al. 2023, expressed for any target).
+        min_snr_gamma: γ of min-SNR.
+        direction_weight: λ_dir of FasterDiT's velocity-direction loss (0 disables it).
+        direction_mode: where the cosine is taken: ``channel`` (over channels at each position, as
+            LightningDiT), ``token`` (over each p×p patch × channels) or ``sample`` (whole sample).
+        direction_patch: token size p for ``token`` mode; None uses the model's patch size.
+        vb_weight: weight of the variational-bound term for learned variances (DiT: 1).
+    """
+
+    weighting: str = "none"
+    min_snr_gamma: float = 5.0
+    direction_weight: float = 0.0
+    direction_mode: str = "token"
+    direction_patch: int | None = None
+    vb_weight: float = 1.0
+
+    def validate(self) -> None:
+        _check_choice("loss.weighting", self.weighting, WEIGHTINGS)
+        _check_number("loss.min_snr_gamma", self.min_snr_gamma, positive=True)
+        _check_number("loss.direction_weight", self.direction_weight, nonneg=True)
+        _check_choice("loss.direction_mode", self.direction_mode, DIRECTION_MODES)
+        if self.direction_patch is not None and (
+            isinstance(self.direction_patch, bool)
+            or not isinstance(self.direction_patch, int)
+            or self.direction_patch < 1
+        ):
+            raise ConfigError(
+                "loss.direction_patch", f"must be a positive integer or null, got {self.direction_patch!r}"
+            )
+        _check_number("loss.vb_weight", self.vb_weight, nonneg=True)
+
+
+@dataclass
+class SamplerConfig:
+    """The default sampler a trained model is sampled with (the samplers module interprets it)."""
+
+    name: str = "euler"
+    steps: int = 250
+    shift: float = 1.0
+    cfg_scale: float = 1.0
+    guidance_interval: list[float] | None = None
+
+    def validate(self, sched: Schedule) -> None:
+        _check_choice("sampler.name", self.name, _sampler_names())
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
+            raise ConfigError("sampler.steps", f"must be a positive integer, got {self.steps!r}")
+        _check_number("sampler.shift", self.shift, positive=True)
+        _check_number("sampler.cfg_scale", self.cfg_scale)
+        if self.guidance_interval is not None:
+            gi = self.guidance_interval
+            if (
+                not isinstance(gi, (list, tuple))
+                or len(gi) != 2
+                or not all(isinstance(v, (int, float)) for v in gi)
+                or not 0.0 <= gi[0] < gi[1] <= 1.0
+            ):
+                raise ConfigError(
+                    "sampler.guidance_interval",
+                    f"must be [t_lo, t_hi] with 0 <= t_lo < t_hi <= 1, got {gi!r}",
+                )
+            self.guidance_interval = [float(gi[0]), float(gi[1])]
+        if self.name == "ddpm" and not sched.is_discrete:
+            raise ConfigError(
+                "sampler.name",
+                f"'ddpm' needs a discrete chain (ddpm-linear or ddpm-cosine), not {sched.name!r}",
+            )
+
+
+def _sampler_names() -> tuple[str, ...]:
+    try:  # the samplers module owns the list when it exists (imported lazily: it imports this module)
+        from fasterdit.diffusion import sampling
+
+        names = getattr(sampling, "SAMPLERS", None)
+    except Exception:  # validation must not depend on an optional module importing cleanly
+        names = None
+    return tuple(names) if names else SAMPLER_NAMES
+
+
+@dataclass
+class Recipe:
+    """Every training-strategy choice. Build from a preset (:func:`get_preset`), a dict or YAML.
+
+    ``schedule_obj`` and ``timestep_sampler_obj`` are the built objects; ``scaling`` maps data space to
+    diffusion space (``std``/``channel`` modes need :meth:`resolve` with the data first).
+    """
+
+    name: str = "custom"
+    schedule: str = "flow-linear"
+    schedule_params: dict[str, Any] = field(default_factory=dict)
+    target: str = "velocity"
+    timesteps: str = "uniform"
+    timestep_params: dict[str, Any] = field(default_factory=dict)
+    time_shift: float = 1.0
+    time_input: str = "scaled"
+    time_scale: float = 1000.0
+    learn_sigma: bool = False
+    scaling: DataScaling = field(default_factory=DataScaling)
+    loss: LossConfig = field(default_factory=LossConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+
+    # --- built objects (rebuilt when the fields they depend on change) --------------------------------
+    @property
+    def schedule_obj(self) -> Schedule:
+        key = (self.schedule, repr(sorted(self.schedule_params.items())))
+        cache = self.__dict__.setdefault("_built", {})
+        if cache.get("schedule_key") != key:
+            cache["schedule"] = get_schedule(self.schedule, **self.schedule_params)
+            cache["schedule_key"] = key
+        return cache["schedule"]
+
+    @property
+    def timestep_sampler_obj(self) -> TimestepSampler:
+        key = (
+            self.timesteps,
+            repr(sorted(self.timestep_params.items())),
+            self.time_shift,
+            self.schedule,
+            repr(sorted(self.schedule_params.items())),
+        )
+        cache = self.__dict__.setdefault("_built", {})
+        if cache.get("timesteps_key") != key:
+            kw = dict(self.timestep_params)
+            if self.timesteps == "edm-lognormal":
+                kw["schedule"] = self.schedule_obj
+            if (
+                self.timesteps == "uniform-discrete"
+                and "num_steps" not in kw
+                and self.schedule_obj.is_discrete
+            ):
+                kw["num_steps"] = self.schedule_obj.num_steps
+            cache["timesteps"] = get_timestep_sampler(self.timesteps, shift=self.time_shift, **kw)
+            cache["timesteps_key"] = key
+        return cache["timesteps"]
+
+    # --- what the network sees -----------------------------------------------------------------------
+    def model_time(self, t: Tensor) -> Tensor:
+        """The network's timestep input for times t ∈ [0, 1] (float32, same shape and device)."""
+        t = t.to(torch.float64) if isinstance(t, Tensor) else torch.tensor(float(t), dtype=torch.float64)
+        if self.time_input == "index":
+            n = self.schedule_obj.num_steps
+            idx = t * n - 1.0
+            # grid times map to exact integers, as the official DiT's integer steps
+            idx = torch.where((idx - idx.round()).abs() < 1e-3, idx.round(), idx)
+            return idx.to(torch.float32)
+        if self.time_input == "scaled":
+            return (t * self.time_scale).to(torch.float32)
+        return (1.0 - t).to(torch.float32)
+
+    # --- validation --------------------------------------------------------------------------------
+    def validate(self) -> Recipe:
+        """Check every field; raises ConfigError naming the field and the allowed values."""
+        if not isinstance(self.name, str) or not self.name:
+            raise ConfigError("name", f"must be a non-empty string, got {self.name!r}")
+        _check_choice("schedule", self.schedule, SCHEDULES)
+        if not isinstance(self.schedule_params, dict):
+            raise ConfigError("schedule_params", "must be a mapping")
+        with _params_field("schedule", "schedule_params"):
+            sched = self.schedule_obj
+        _check_choice("target", self.target, TARGETS)
+        _check_choice("timesteps", self.timesteps, TIMESTEP_SAMPLERS)
+        if not isinstance(self.timestep_params, dict):
+            raise ConfigError("timestep_params", "must be a mapping")
+        _check_number("time_shift", self.time_shift, positive=True)
+        with _params_field("timesteps", "timestep_params"):
+            ts = self.timestep_sampler_obj  # builds and validates the sampler and its parameters
+        if (
+            self.timesteps == "uniform-discrete"
+            and sched.is_discrete
+            and ts.params["num_steps"] != sched.num_steps
+        ):
+            raise ConfigError(
+                "timestep_params.num_steps",
+                f"{ts.params['num_steps']} does not match the chain's {sched.num_steps} steps",
+            )
+        _check_choice("time_input", self.time_input, TIME_INPUTS)
+        if self.time_input == "index" and not sched.is_discrete:
+            raise ConfigError(
+                "time_input",
+                f"'index' needs a discrete chain (ddpm-linear/ddpm-cosine), not {self.schedule!r}",
+            )
+        _check_number("time_scale", self.time_scale, positive=True)
+        if not isinstance(self.learn_sigma, bool):
+            raise ConfigError("learn_sigma", f"must be true or false, got {self.learn_sigma!r}")
+        if self.learn_sigma and not sched.is_discrete:
+            raise ConfigError(
+                "learn_sigma",
+                f"a learned variance is trained with the DDPM chain's VB term; needs ddpm-linear or "
+                f"ddpm-cosine, not {self.schedule!r}",
+            )
+        if not isinstance(self.scaling, DataScaling):
+            raise ConfigError("scaling", "must be a DataScaling")
+        self.scaling.validate()
+        self.loss.validate()
+        self.sampler.validate(sched)
+        return self
+
+    # --- data statistics ------------------------------------------------------------------------------
+    def resolve(self, data: Tensor | None = None, **stats: Any) -> Recipe:
+        """A copy with the data scaling's measured statistics filled in (see DataScaling.resolve)."""
+        return replace(self, scaling=self.scaling.resolve(data, **stats))
+
+    def updated(self, overrides: Mapping[str, Any]) -> Recipe:
+        """A validated copy with dotted-key overrides, e.g. ``{"loss.direction_weight": 0.5}``."""
+        d = self.to_dict()
+        for key, value in overrides.items():
+            node = d
+            parts = key.split(".")
+            for p in parts[:-1]:
+                if not isinstance(node.get(p), dict):
+                    raise ConfigError(key, f"{p!r} is not a section of the recipe")
+                node = node[p]
+            node[parts[-1]] = value
+        return Recipe.from_dict(d)
+
+    # --- (de)serialisation -------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "schedule": self.schedule,
+            "schedule_params": copy.deepcopy(self.schedule_params),
+            "target": self.target,
+            "timesteps": self.timesteps,
+            "timestep_params": copy.deepcopy(self.timestep_params),
+            "time_shift": float(self.time_shift),
+            "time_input": self.time_input,
+            "time_scale": float(self.time_scale),
+            "learn_sigma": self.learn_sigma,
+            "scaling": self.scaling.to_dict(),
+            "loss": {f.name: copy.deepcopy(getattr(self.loss, f.name)) for f in fields(LossConfig)},
+            "sampler": {f.name: copy.deepcopy(getattr(self.sampler, f.name)) for f in fields(SamplerConfig)},
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Recipe:
+        if not isinstance(d, Mapping):
+            raise ConfigError("recipe", f"must be a mapping, got {type(d).__name__}")
+        top = {f.name for f in fields(cls)}
+        unknown = set(d) - top
+        if unknown:
+            raise ConfigError(
+                sorted(unknown)[0], f"unknown recipe key; allowed keys: {', '.join(sorted(top))}"
+            )
+        kw = {k: copy.deepcopy(v) for k, v in d.items() if k not in ("scaling", "loss", "sampler")}
+        for k in ("schedule_params", "timestep_params"):
+            if kw.get(k) is None and k in kw:
+                kw[k] = {}
+        recipe = cls(
+            **kw,
+            scaling=DataScaling.from_dict(d.get("scaling")),
+            loss=_from_mapping(LossConfig, copy.deepcopy(d.get("loss")), "loss"),
+            sampler=_from_mapping(SamplerConfig, copy.deepcopy(d.get("sampler")), "sampler"),
+        )
+        return recipe.validate()
+
+    def to_yaml(self, path: str | Path | None = None) -> str:
+        """The recipe as YAML text; also written to ``path`` when given."""
+        text = yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None)
+        if path is not None:
+            Path(path).write_text(text)
+        return text
+
+    @classmethod
+    def from_yaml(cls, source: str | Path) -> Recipe:
+        """Read a recipe from a YAML file path or from YAML text."""
+        if isinstance(source, Path) or (
+            isinstance(source, str) and "\n" not in source and source.endswith((".yaml", ".yml"))
+        ):
+            path = Path(source)
+            if not path.is_file():
+                raise DataError(f"recipe file not found: {path}")
+            text = path.read_text()
+        else:
+            text = source
+        try:
+            d = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise DataError(f"recipe YAML does not parse: {err}") from err
+        return cls.from_dict(d)
+
+
+def get_preset(name: str) -> Recipe:
+    """A fresh, validated copy of a named preset (one of :data:`PRESETS`)."""
+    if name == "dit":
+        r = Recipe(
+            name="dit",
+            schedule="ddpm-linear",
+            target="eps",
+            timesteps="uniform-discrete",
+            timestep_params={"num_steps": 1000},
+            time_input="index",
+            learn_sigma=True,
+            loss=LossConfig(vb_weight=1.0),
+            sampler=SamplerConfig(name="ddpm", steps=250, cfg_scale=1.5),
+        )
+    elif name == "sit":
+        r = Recipe(
+            name="sit",
+            schedule="flow-linear",
+            target="velocity",
+            timesteps="uniform",
+            time_input="scaled",
+            sampler=SamplerConfig(name="euler", steps=250, cfg_scale=1.5),
+        )
+    elif name == "fasterdit":
+        r = Recipe(
+            name="fasterdit",
+            schedule="flow-linear",
+            target="velocity",
+            timesteps="lognorm",
+            timestep_params={"m": 0.0, "s": 1.0},
+            time_input="scaled",
+            scaling=DataScaling(mode="channel", target_std=1.0),
+            loss=LossConfig(direction_weight=1.0, direction_mode="token"),
+            sampler=SamplerConfig(name="euler", steps=250, cfg_scale=1.5),
+        )
+    else:
+        raise ConfigError("recipe", f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return r.validate()
+
+
+def load_recipe(spec: str | Path | Mapping[str, Any] | Recipe) -> Recipe:
+    """A Recipe from a preset name, a YAML file, a mapping or a Recipe (returned as is)."""
+    if isinstance(spec, Recipe):
+        return spec.validate()
+    if isinstance(spec, Mapping):
+        return Recipe.from_dict(spec)
+    if isinstance(spec, str) and spec in PRESETS:
+        return get_preset(spec)
+    if isinstance(spec, Path) or str(spec).endswith((".yaml", ".yml")):
+        return Recipe.from_yaml(Path(spec))
+    raise ConfigError("recipe", f"{spec!r} is neither a preset ({', '.join(PRESETS)}) nor a .yaml file")

@@ -1,0 +1,292 @@
+"""Losses: direction loss geometry, min-SNR weights, the DiT VB term against float64 numpy/scipy, and
+DiffusionLoss wiring (x_t, model time, targets) against closed forms."""
+
+import math
+
+import numpy as np
+import pytest
+import scipy.stats as st
+import torch
+
+from fasterdit.diffusion.losses import (
+    DiffusionLoss,
+    direction_loss,
+    dit_vb_terms,
+    min_snr_weight,
+    model_patch_size,
+)
+from fasterdit.diffusion.recipe import LossConfig, Recipe, get_preset
+from fasterdit.diffusion.schedules import get_schedule
+from fasterdit.diffusion.targets import TARGETS, convert, target_from_data
+from fasterdit.errors import ConfigError
+
+F64 = torch.float64
+MODES = ("channel", "token", "sample")
+
+
+# --- velocity direction -------------------------------------------------------------------------
+@pytest.mark.parametrize("mode", MODES)
+def test_direction_loss_is_0_1_2(mode):
+    g = torch.Generator().manual_seed(0)
+    u = torch.randn(4, 3, 4, 4, generator=g, dtype=F64)
+    w = torch.randn(4, 3, 4, 4, generator=g, dtype=F64)
+    # a vector orthogonal to u in every cosine group: Gram–Schmidt within the group
+    if mode == "channel":
+        ortho = w - (w * u).sum(1, keepdim=True) / (u * u).sum(1, keepdim=True) * u
+    elif mode == "sample":
+        ortho = w - (w * u).sum((1, 2, 3), keepdim=True) / (u * u).sum((1, 2, 3), keepdim=True) * u
+    else:
+        uu = u.reshape(4, 3, 2, 2, 2, 2)
+        ww = w.reshape(4, 3, 2, 2, 2, 2)
+        dims = (1, 3, 5)
+        ortho = (ww - (ww * uu).sum(dims, keepdim=True) / (uu * uu).sum(dims, keepdim=True) * uu).reshape(
+            u.shape
+        )
+    kw = {"patch_size": 2} if mode == "token" else {}
+    assert torch.allclose(direction_loss(u, u, mode, **kw), torch.zeros(4, dtype=F64), atol=1e-12)
+    assert torch.allclose(direction_loss(ortho, u, mode, **kw), torch.ones(4, dtype=F64), atol=1e-12)
+    assert torch.allclose(direction_loss(-u, u, mode, **kw), torch.full((4,), 2.0, dtype=F64), atol=1e-12)
+    # invariant to positive rescaling of the prediction
+    assert torch.allclose(
+        direction_loss(3.7 * w, u, mode, **kw), direction_loss(w, u, mode, **kw), atol=1e-12
+    )
+    scale = torch.rand(4, 1, 1, 1, generator=g, dtype=F64) + 0.1
+    assert torch.allclose(
+        direction_loss(scale * w, u, mode, **kw), direction_loss(w, u, mode, **kw), atol=1e-12
+    )
+
+
+def test_direction_loss_matches_torch_cosine_similarity():
+    g = torch.Generator().manual_seed(1)
+    a, b = torch.randn(2, 5, 4, 4, generator=g, dtype=F64), torch.randn(2, 5, 4, 4, generator=g, dtype=F64)
+    ref = (1 - torch.nn.functional.cosine_similarity(a, b, dim=1)).mean((1, 2))
+    assert torch.allclose(direction_loss(a, b, "channel"), ref, atol=1e-12)
+    ref = 1 - torch.nn.functional.cosine_similarity(a.flatten(1), b.flatten(1), dim=1)
+    assert torch.allclose(direction_loss(a, b, "sample"), ref, atol=1e-12)
+
+
+def test_one_channel_per_position_cosine_has_no_gradient():
+    """With C = 1 the per-position cosine is ±1: no gradient. The token mode still has one."""
+    g = torch.Generator().manual_seed(2)
+    u = torch.randn(2, 1, 4, 4, generator=g, dtype=F64)
+    p = torch.randn(2, 1, 4, 4, generator=g, dtype=F64, requires_grad=True)
+    direction_loss(p, u, "channel").sum().backward()
+    assert p.grad.abs().max() < 1e-12
+    p.grad = None
+    direction_loss(p, u, "token", patch_size=2).sum().backward()
+    assert p.grad.abs().max() > 1e-3
+
+
+def test_token_mode_needs_a_dividing_patch():
+    x = torch.zeros(1, 1, 5, 5)
+    with pytest.raises(ConfigError) as e:
+        direction_loss(x, x, "token", patch_size=2)
+    assert e.value.field == "loss.direction_patch"
+
+
+# --- min-SNR ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["ddpm-linear", "flow-linear", "flow-cosine"])
+@pytest.mark.parametrize("target", TARGETS)
+def test_min_snr_weight_is_min_snr_on_x0_error(name, target):
+    """weight·‖e_target‖² must equal min(SNR, γ)·‖e_x0‖² for any prediction error (x_t fixed)."""
+    s = get_schedule(name)
+    g = torch.Generator().manual_seed(3)
+    t = torch.rand(16, generator=g, dtype=F64) * 0.98 + 0.01
+    x = torch.randn(16, 2, generator=g, dtype=F64)
+    eps = torch.randn(16, 2, generator=g, dtype=F64)
+    xt = s.alpha(t)[:, None] * x + s.sigma(t)[:, None] * eps
+    true = target_from_data(target, x, eps, t, s)
+    pred = true + torch.randn(16, 2, generator=g, dtype=F64)
+    x0_err = (convert(pred, target, "x0", xt, t, s) - x).pow(2).sum(1)
+    snr = (s.alpha(t) / s.sigma(t)) ** 2
+    w = min_snr_weight(target, 5.0, t, s)
+    assert torch.allclose(
+        w * (pred - true).pow(2).sum(1), torch.minimum(snr, torch.tensor(5.0, dtype=F64)) * x0_err, rtol=1e-9
+    )
+
+
+def test_min_snr_closed_forms():
+    s = get_schedule("flow-cosine")  # VP
+    t = torch.linspace(0.05, 0.95, 19, dtype=F64)
+    snr = (s.alpha(t) / s.sigma(t)) ** 2
+    g5 = torch.full_like(snr, 5.0)
+    assert torch.allclose(min_snr_weight("eps", 5.0, t, s), torch.minimum(snr, g5) / snr)
+    assert torch.allclose(min_snr_weight("v", 5.0, t, s), torch.minimum(snr, g5) / (snr + 1))
+    lin = get_schedule("flow-linear")
+    snr = ((1 - t) / t) ** 2
+    assert torch.allclose(min_snr_weight("velocity", 5.0, t, lin), torch.minimum(snr, g5) * t**2)
+
+
+# --- DiT VB term vs float64 numpy/scipy ---------------------------------------------------------------
+def _vb_reference(x0, xt, eps_pred, v, idx):
+    """Independent float64 ADM/iDDPM variational-bound term (bits/dim), exact normal CDF."""
+    b = np.linspace(1e-4, 0.02, 1000, dtype=np.float64)
+    abar = np.cumprod(1 - b)
+    prev = np.append(1.0, abar[:-1])
+    post_var = b * (1 - prev) / (1 - abar)
+    post_logvar = np.log(np.append(post_var[1], post_var[1:]))
+    out = []
+    for k, i in enumerate(idx):
+        c1 = b[i] * np.sqrt(prev[i]) / (1 - abar[i])
+        c2 = (1 - prev[i]) * np.sqrt(1 - b[i]) / (1 - abar[i])
+        mu_q = c1 * x0[k] + c2 * xt[k]
+        x0_hat = xt[k] / np.sqrt(abar[i]) - np.sqrt(1 / abar[i] - 1) * eps_pred[k]
+        mu_p = c1 * x0_hat + c2 * xt[k]
+        frac = (v[k] + 1) / 2
+        lv_p = frac * np.log(b[i]) + (1 - frac) * post_logvar[i]
+        lv_q = post_logvar[i]
+        if i == 0:
+            sd = np.exp(0.5 * lv_p)
+            hi = st.norm.cdf((x0[k] + 1 / 255 - mu_p) / sd)
+            lo = st.norm.cdf((x0[k] - 1 / 255 - mu_p) / sd)
+            lp = np.where(
+                x0[k] < -0.999,
+                np.log(np.maximum(hi, 1e-12)),
+                np.where(
+                    x0[k] > 0.999, np.log(np.maximum(1 - lo, 1e-12)), np.log(np.maximum(hi - lo, 1e-12))
+                ),
+            )
+            out.append(-lp.mean() / np.log(2))
+        else:
+            var_q, var_p = np.exp(lv_q), np.exp(lv_p)
+            kl = 0.5 * (np.log(var_p / var_q) + (var_q + (mu_q - mu_p) ** 2) / var_p - 1)
+            out.append(kl.mean() / np.log(2))
+    return np.array(out)
+
+
+def test_vb_term_matches_independent_float64():
+    s = get_schedule("ddpm-linear")
+    g = torch.Generator().manual_seed(4)
+    n = 10
+    idx = torch.tensor([0, 0, 1, 5, 50, 333, 500, 800, 998, 999])
+    x0 = torch.randint(0, 256, (n, 2, 3, 3), generator=g).to(F64) / 127.5 - 1.0  # 8-bit pixels in [-1, 1]
+    eps = torch.randn(n, 2, 3, 3, generator=g, dtype=F64)
+    t = s.index_to_t(idx)
+    xt = s.alpha(t)[:, None, None, None] * x0 + s.sigma(t)[:, None, None, None] * eps
+    eps_pred = eps + 0.3 * torch.randn(n, 2, 3, 3, generator=g, dtype=F64)
+    v = torch.rand(n, 2, 3, 3, generator=g, dtype=F64) * 2 - 1
+    got = dit_vb_terms(x0, xt, eps_pred, v, idx, s)
+    want = _vb_reference(x0.numpy(), xt.numpy(), eps_pred.numpy(), v.numpy(), idx.numpy())
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-9, atol=1e-12)
+    # a perfect ε and the true posterior variance (v = −1 gives β̃) make the KL vanish for i > 0
+    exact = dit_vb_terms(x0, xt, eps, -torch.ones_like(v), idx, s)
+    assert exact[2:].abs().max() < 1e-9
+
+
+# --- DiffusionLoss wiring ------------------------------------------------------------------------------
+class Oracle(torch.nn.Module):
+    """Returns a given output and records what it was called with; one parameter so backward works."""
+
+    def __init__(self, fn, patch_size=2):
+        super().__init__()
+        self.fn, self.calls, self.patch_size = fn, [], patch_size
+        self.w = torch.nn.Parameter(torch.ones(()))
+
+    def forward(self, x, t, y):
+        self.calls.append((x.clone(), t.clone(), y))
+        return self.fn(x, t) * self.w
+
+
+def _data(n=6, c=2, hw=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, c, hw, hw, generator=g) * 2 - 1, torch.randn(n, c, hw, hw, generator=g)
+
+
+def test_flow_loss_is_zero_for_the_exact_velocity_and_wires_inputs():
+    r = get_preset("fasterdit")
+    x0, eps = _data()
+    r = r.resolve(x0)
+    x = r.scaling.forward(x0)
+    t = torch.tensor([0.0, 0.1, 0.25, 0.5, 0.9, 1.0])
+    model = Oracle(lambda xt, tm: eps - x)  # flow-linear velocity = ε − x
+    terms = DiffusionLoss(r)(model, x0, torch.zeros(6, dtype=torch.long), t=t, noise=eps)
+    xt, tm, _ = model.calls[0]
+    assert torch.allclose(xt, (1 - t)[:, None, None, None] * x + t[:, None, None, None] * eps, atol=1e-6)
+    assert torch.allclose(tm, t * 1000)
+    assert terms["mse"] < 1e-12 and terms["direction"] < 1e-6 and terms["loss"] < 1e-6
+    assert terms["loss"].requires_grad and not terms["mse"].requires_grad
+
+
+def test_dit_loss_matches_diffusers_noising_and_uses_step_indices():
+    from diffusers import DDPMScheduler
+
+    ref = DDPMScheduler(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear")
+    r = get_preset("dit")
+    x0, eps = _data(seed=1)
+    idx = torch.tensor([0, 3, 99, 500, 998, 999])
+    t = (idx + 1).float() / 1000
+    model = Oracle(lambda xt, tm: torch.cat([eps, torch.zeros_like(eps)], 1))  # perfect ε, v = 0
+    terms = DiffusionLoss(r)(model, x0, None, t=t, noise=eps)
+    xt, tm, _ = model.calls[0]
+    assert torch.equal(tm, idx.float())  # the official DiT's integer steps
+    assert torch.allclose(xt, ref.add_noise(x0, eps, idx), atol=5e-6)
+    assert terms["mse"] < 1e-12
+    # the VB term trains only the variance channels: the mean half gets no gradient from it
+    out = torch.randn(6, 4, 4, 4, requires_grad=True)
+    DiffusionLoss(r)(lambda xt, tm, y: out, x0, None, t=t, noise=eps)["loss"].backward()
+    mse_grad = 2 * (out[:, :2] - eps) / out[:, :2].numel()  # d/d(mean) of the ε-MSE alone
+    assert torch.allclose(out.grad[:, :2], mse_grad.detach(), atol=1e-9)
+    assert out.grad[:, 2:].abs().max() > 0
+
+
+def test_non_velocity_targets_get_the_direction_loss_through_conversion():
+    r = Recipe(
+        schedule="flow-cosine", target="eps", loss=LossConfig(direction_weight=1.0, direction_mode="sample")
+    )
+    x0, eps = _data(seed=2)
+    t = torch.full((6,), 0.4)
+    terms = DiffusionLoss(r)(Oracle(lambda xt, tm: eps), x0, None, t=t, noise=eps)
+    assert terms["direction"] < 1e-6
+    terms = DiffusionLoss(r)(Oracle(lambda xt, tm: -eps), x0, None, t=t, noise=eps)
+    assert terms["direction"] > 0.1
+
+
+def test_min_snr_weighting_is_applied():
+    r = Recipe(schedule="flow-cosine", target="eps", loss=LossConfig(weighting="min-snr", min_snr_gamma=5.0))
+    x0, eps = _data(seed=3)
+    t = torch.tensor([0.05, 0.2, 0.4, 0.6, 0.8, 0.95])
+    terms = DiffusionLoss(r)(Oracle(lambda xt, tm: torch.zeros_like(xt)), x0, None, t=t, noise=eps)
+    s = r.schedule_obj
+    snr = (s.alpha(t.double()) / s.sigma(t.double())) ** 2
+    w = torch.minimum(snr, torch.tensor(5.0, dtype=F64)) / snr
+    per = eps.double().pow(2).mean((1, 2, 3))
+    assert math.isclose(terms["loss"].item(), float((w * per).mean()), rel_tol=1e-5)
+    assert math.isclose(float(terms["mse"]), float(per.mean()), rel_tol=1e-5)
+
+
+def test_seeded_draws_are_reproducible():
+    r = get_preset("sit")
+    x0, _ = _data(seed=4)
+    model = Oracle(lambda xt, tm: torch.zeros_like(xt))
+    a = DiffusionLoss(r)(model, x0, None, generator=torch.Generator().manual_seed(9))["mse"]
+    b = DiffusionLoss(r)(model, x0, None, generator=torch.Generator().manual_seed(9))["mse"]
+    c = DiffusionLoss(r)(model, x0, None, generator=torch.Generator().manual_seed(10))["mse"]
+    assert float(a) == float(b) and float(a) != float(c)
+
+
+def test_channel_mismatch_names_learn_sigma():
+    x0, _ = _data()
+    with pytest.raises(ConfigError) as e:
+        DiffusionLoss(get_preset("dit"))(Oracle(lambda xt, tm: xt), x0, None)
+    assert e.value.field == "learn_sigma"
+    with pytest.raises(ConfigError) as e:
+        DiffusionLoss(get_preset("sit"))(Oracle(lambda xt, tm: torch.cat([xt, xt], 1)), x0, None)
+    assert e.value.field == "learn_sigma"
+
+
+def test_patch_size_is_read_through_wrappers():
+    class Emb(torch.nn.Module):
+        patch_size = (4, 4)
+
+    class Official(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.x_embedder = Emb()
+
+    class Wrapper(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.module = m
+
+    assert model_patch_size(Wrapper(Official())) == 4
+    assert model_patch_size(torch.nn.Linear(1, 1)) is None

@@ -1,0 +1,194 @@
+"""Recipe: presets, YAML round trips, errors that name the field; model time; data scaling."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from fasterdit.diffusion.recipe import PRESETS, Recipe, get_preset, load_recipe
+from fasterdit.diffusion.scaling import DataScaling
+from fasterdit.errors import ConfigError, DataError
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "recipes"
+
+
+def _mnist_like(n=64, c=1, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (
+        (torch.rand(n, c, 8, 8, generator=g) > 0.7).float() * 1.8
+        - 0.9
+        + 0.05 * torch.randn(n, c, 8, 8, generator=g)
+    )
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_presets_round_trip_through_yaml(name, tmp_path):
+    r = get_preset(name).resolve(_mnist_like())
+    again = Recipe.from_yaml(r.to_yaml())
+    assert again.to_dict() == r.to_dict()
+    path = tmp_path / f"{name}.yaml"
+    r.to_yaml(path)
+    assert Recipe.from_yaml(path).to_dict() == r.to_dict()
+    assert load_recipe(path).to_dict() == r.to_dict()
+    assert Recipe.from_dict(r.to_dict()).to_dict() == r.to_dict()
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_shipped_yaml_equals_the_preset(name):
+    assert load_recipe(CONFIGS / f"{name}.yaml").to_dict() == get_preset(name).to_dict()
+
+
+def test_preset_contents():
+    dit = get_preset("dit")
+    assert (dit.schedule, dit.target, dit.timesteps, dit.time_input, dit.learn_sigma) == (
+        "ddpm-linear",
+        "eps",
+        "uniform-discrete",
+        "index",
+        True,
+    )
+    assert (dit.sampler.name, dit.sampler.steps) == ("ddpm", 250)
+    sit = get_preset("sit")
+    assert (sit.schedule, sit.target, sit.timesteps) == ("flow-linear", "velocity", "uniform")
+    f = get_preset("fasterdit")
+    assert (f.schedule, f.target, f.timesteps, f.timestep_params) == (
+        "flow-linear",
+        "velocity",
+        "lognorm",
+        {"m": 0.0, "s": 1.0},
+    )
+    assert f.loss.direction_weight == 1.0 and f.loss.direction_mode == "token"
+    assert f.scaling.mode == "channel" and f.scaling.target_std == 1.0
+
+
+def test_model_time():
+    t = torch.tensor([0.001, 0.042, 0.5, 1.0])
+    assert torch.equal(get_preset("dit").model_time(t), torch.tensor([0.0, 41.0, 499.0, 999.0]))
+    assert torch.allclose(get_preset("sit").model_time(t), t * 1000)
+    r = Recipe(time_input="reversed")
+    assert torch.allclose(r.model_time(t), 1 - t)
+    assert get_preset("sit").model_time(t).dtype == torch.float32
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "hint"),
+    [
+        ({"target": "noise"}, "target", "velocity"),
+        ({"schedule": "linear"}, "schedule", "flow-linear"),
+        ({"timesteps": "logit"}, "timesteps", "lognorm"),
+        ({"time_input": "raw"}, "time_input", "scaled"),
+        ({"time_input": "index"}, "time_input", "discrete"),
+        ({"learn_sigma": True}, "learn_sigma", "ddpm"),
+        ({"time_shift": 0}, "time_shift", "> 0"),
+        ({"timesteps": "lognorm", "timestep_params": {"s": -1}}, "timestep_params.s", "> 0"),
+        ({"timesteps": "uniform-discrete", "time_shift": 2.0}, "time_shift", "cannot be shifted"),
+        (
+            {"schedule": "ddpm-linear", "schedule_params": {"beta_end": 2}},
+            "schedule_params.beta_end",
+            "beta_start",
+        ),
+        ({"schedule_params": {"rho": 7}}, "schedule", "rho"),
+        ({"loss": {"direction_mode": "pixel"}}, "loss.direction_mode", "token"),
+        ({"loss": {"weighting": "snr"}}, "loss.weighting", "min-snr"),
+        ({"loss": {"direction_weight": -1}}, "loss.direction_weight", ">= 0"),
+        ({"loss": {"typo": 1}}, "loss.typo", "direction_weight"),
+        ({"sampler": {"name": "rk4"}}, "sampler.name", "heun"),
+        ({"sampler": {"name": "ddpm"}}, "sampler.name", "discrete"),
+        ({"sampler": {"guidance_interval": [0.5, 0.2]}}, "sampler.guidance_interval", "t_lo"),
+        ({"scaling": {"mode": "minmax"}}, "scaling.mode", "channel"),
+        ({"bogus": 1}, "bogus", "allowed keys"),
+    ],
+)
+def test_invalid_values_name_the_field(change, field, hint):
+    d = get_preset("sit").to_dict()
+    for key, value in change.items():
+        if (
+            isinstance(value, dict)
+            and isinstance(d.get(key), dict)
+            and key not in ("schedule_params", "timestep_params")
+        ):
+            d[key] = {**d[key], **value}
+        else:
+            d[key] = value
+    with pytest.raises(ConfigError) as e:
+        Recipe.from_dict(d)
+    assert e.value.field == field, str(e.value)
+    assert hint in str(e.value)
+
+
+def test_uniform_discrete_steps_must_match_the_chain():
+    d = get_preset("dit").to_dict()
+    d["timestep_params"] = {"num_steps": 500}
+    with pytest.raises(ConfigError) as e:
+        Recipe.from_dict(d)
+    assert e.value.field == "timestep_params.num_steps"
+
+
+def test_updated_and_loading_errors(tmp_path):
+    r = get_preset("fasterdit").updated({"loss.direction_weight": 0.5, "timestep_params.m": -0.5})
+    assert r.loss.direction_weight == 0.5 and r.timestep_params["m"] == -0.5
+    with pytest.raises(ConfigError):
+        get_preset("sit").updated({"target.x": 1})
+    with pytest.raises(ConfigError) as e:
+        get_preset("nope")
+    assert "fasterdit" in str(e.value)
+    with pytest.raises(DataError):
+        Recipe.from_yaml(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed\n")
+    with pytest.raises(DataError):
+        Recipe.from_yaml(bad)
+
+
+def test_built_objects_follow_field_changes():
+    r = get_preset("sit")
+    assert r.schedule_obj.name == "flow-linear"
+    r.schedule = "flow-cosine"
+    assert r.schedule_obj.name == "flow-cosine"
+    r.timesteps, r.timestep_params = "lognorm", {"m": 0.5, "s": 1.0}
+    assert r.timestep_sampler_obj.params == {"m": 0.5, "s": 1.0}
+
+
+# --- data scaling -----------------------------------------------------------------------------------
+def test_channel_standardisation_and_inverse():
+    x = (
+        _mnist_like(256, c=3) * torch.tensor([1.0, 2.0, 0.5])[None, :, None, None]
+        + torch.tensor([0.3, -1.0, 0.0])[None, :, None, None]
+    )
+    s = DataScaling(mode="channel", target_std=0.8).resolve(x)
+    y = s.forward(x)
+    assert torch.allclose(y.mean((0, 2, 3)), torch.zeros(3), atol=1e-5)
+    assert torch.allclose(y.std((0, 2, 3)), torch.full((3,), 0.8), atol=1e-5)
+    assert torch.allclose(s.inverse(y), x, atol=1e-5)
+    assert s.effective_std() == pytest.approx(0.8)
+
+
+def test_std_modulation_scalar_and_none():
+    x = _mnist_like(256)
+    s = DataScaling(mode="std", target_std=0.5).resolve(x)
+    y = s.forward(x)
+    assert float(y.std()) == pytest.approx(0.5, rel=1e-5)
+    assert torch.allclose(
+        y / x, torch.full_like(x, 0.5 / float(x.double().std())), rtol=1e-5
+    )  # a pure scalar
+    assert torch.allclose(s.inverse(y), x, atol=1e-6)
+    assert s.effective_std() == pytest.approx(0.5)
+    assert s.effective_std(2 * float(x.double().std())) == pytest.approx(1.0)
+    sc = DataScaling(mode="scalar", multiplier=0.18215)
+    assert torch.allclose(sc.forward(x), 0.18215 * x) and sc.effective_std(2.0) == pytest.approx(0.3643)
+    assert torch.equal(DataScaling().forward(x), x)
+
+
+def test_scaling_needs_resolving_and_round_trips():
+    s = DataScaling(mode="channel")
+    with pytest.raises(ConfigError) as e:
+        s.forward(torch.zeros(2, 1, 2, 2))
+    assert e.value.field == "scaling.std"
+    r = DataScaling(mode="channel").resolve(mean=[0.1, 0.2], std=[1.0, 2.0])
+    assert DataScaling.from_dict(r.to_dict()).to_dict() == r.to_dict()
+    with pytest.raises(ConfigError) as e:
+        r.forward(torch.zeros(2, 3, 2, 2))
+    assert e.value.field == "scaling.std"
+    with pytest.raises(ConfigError) as e:
+        DataScaling(mode="std", target_std=-1).validate()
+    assert e.value.field == "scaling.target_std"
