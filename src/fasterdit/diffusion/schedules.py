@@ -229,14 +229,15 @@ class DDPMLinear(Schedule):
         return torch.exp(0.5 * self._log_abar(t))
 
     def _sigma(self, t: Tensor) -> Tensor:
-        return torch.sqrt((-torch.expm1(self._log_abar(t))).clamp(min=0.0))
+        # "+ 0.0" turns the -0.0 of -expm1(0) into +0.0, so that σ'(0) = +inf rather than -inf
+        return torch.sqrt((-torch.expm1(self._log_abar(t))).clamp(min=0.0) + 0.0)
 
     def _d_alpha(self, t: Tensor) -> Tensor:
         return 0.5 * self._alpha(t) * self._d_log_abar(t)
 
     def _d_sigma(self, t: Tensor) -> Tensor:
         la = self._log_abar(t)
-        return -torch.exp(la) * self._d_log_abar(t) / (2.0 * torch.sqrt(-torch.expm1(la)))
+        return -torch.exp(la) * self._d_log_abar(t) / (2.0 * torch.sqrt(-torch.expm1(la) + 0.0))
 
     def _log_snr(self, t: Tensor) -> Tensor:
         la = self._log_abar(t)
