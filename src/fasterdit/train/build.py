@@ -1,0 +1,230 @@
+"""Turning a RunConfig into objects -- recipe, data source, model -- with every check done up front.
+
+Why a separate step: ``fasterdit train`` must reject a bad config (unknown preset, bad model name,
+missing data, a batch that does not split over the ranks) before it allocates a model or touches the
+run directory, and ``--dry-run``, ``load_model`` and the trainer all need the same construction.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fasterdit.errors import ConfigError, UserError
+from fasterdit.train.config import RunConfig, check_world
+
+__all__ = [
+    "ShapeOnly",
+    "build_model",
+    "build_recipe",
+    "check_config",
+    "check_expected_shape",
+    "data_description",
+    "model_kwargs",
+    "recipe_needs_learn_sigma",
+    "recipe_sampler",
+    "resolve_recipe_on_data",
+]
+
+
+def _set_dotted(d: dict[str, Any], key: str, value: Any, field: str) -> None:
+    parts = key.split(".")
+    node = d
+    for i, part in enumerate(parts[:-1]):
+        if not isinstance(node, dict) or part not in node:
+            raise ConfigError(field, f"the recipe has no field {'.'.join(parts[: i + 1])!r}")
+        node = node[part]
+    if not isinstance(node, dict) or parts[-1] not in node:
+        known = ", ".join(sorted(node)) if isinstance(node, dict) else ""
+        raise ConfigError(
+            field, f"the recipe has no field {key!r}" + (f" (fields here: {known})" if known else "")
+        )
+    node[parts[-1]] = value
+
+
+def build_recipe(cfg: RunConfig):
+    """The run's Recipe: a preset name or a recipe YAML file, then ``recipe_overrides`` applied."""
+    from fasterdit.diffusion import recipe as rmod
+
+    spec = cfg.recipe.strip()
+    presets = _preset_names(rmod)
+    path = Path(spec).expanduser()
+    try:
+        if spec in presets:
+            recipe = rmod.get_preset(spec)
+        elif path.suffix in (".yaml", ".yml") or path.is_file():
+            if not path.is_file():
+                raise ConfigError("recipe", f"recipe file not found: {spec}")
+            recipe = rmod.Recipe.from_yaml(path)
+        else:
+            raise ConfigError(
+                "recipe", f"unknown preset {spec!r}; choose one of {', '.join(presets)} or a YAML file"
+            )
+        if cfg.recipe_overrides:
+            d = copy.deepcopy(recipe.to_dict())
+            for key, value in cfg.recipe_overrides.items():
+                _set_dotted(d, key, value, f"recipe.{key}")
+            recipe = rmod.Recipe.from_dict(d)
+    except ConfigError as err:
+        if err.field.startswith("recipe"):
+            raise
+        raise ConfigError(f"recipe.{err.field}", str(err).split(": ", 1)[-1]) from None
+    return recipe
+
+
+def _preset_names(rmod) -> list[str]:
+    for attr in ("PRESETS", "PRESET_NAMES", "presets"):
+        val = getattr(rmod, attr, None)
+        if val is not None:
+            return list(val() if callable(val) else val)
+    return ["dit", "sit", "fasterdit"]
+
+
+def recipe_needs_learn_sigma(recipe) -> bool:
+    """True when the recipe's loss trains the iDDPM variance (DiT's hybrid loss with the VB term)."""
+    for attr in ("learn_sigma", "needs_learn_sigma"):
+        val = getattr(recipe, attr, None)
+        if val is not None:
+            return bool(val() if callable(val) else val)
+    return False
+
+
+def global_std(channel_mean: list[float], channel_std: list[float]) -> float:
+    """The std of all values pooled over channels (equal counts per channel), from per-channel stats."""
+    n = len(channel_std)
+    mean = sum(channel_mean) / n
+    second = sum(s * s + m * m for m, s in zip(channel_mean, channel_std)) / n
+    return max(second - mean * mean, 0.0) ** 0.5
+
+
+def resolve_recipe_on_data(recipe, source) -> Any:
+    """The recipe with its data scaling resolved against the data's measured statistics.
+
+    ``std`` mode takes the pooled std of all values, ``channel`` mode per-channel mean and std. A recipe
+    that is already resolved (e.g. loaded from a checkpoint or a YAML with numbers) is kept as it is.
+    """
+    sc = recipe.scaling
+    if not sc.needs_stats or sc.is_resolved:
+        return recipe
+    if sc.mode == "std":
+        return recipe.resolve(std=global_std(source.channel_mean, source.channel_std))
+    return recipe.resolve(mean=list(source.channel_mean), std=list(source.channel_std))
+
+
+def recipe_sampler(recipe) -> str:
+    """The recipe's default sampler name (``recipe.sampler.name``; "euler" if it names none)."""
+    sc = getattr(recipe, "sampler", None)
+    name = getattr(sc, "name", sc)
+    return name if isinstance(name, str) and name else "euler"
+
+
+def model_kwargs(cfg: RunConfig, source, recipe) -> dict[str, Any]:
+    """Keyword arguments of ``create_model`` for this config and data."""
+    learn_sigma = cfg.model.learn_sigma
+    needs = recipe_needs_learn_sigma(recipe)
+    if learn_sigma is None:
+        learn_sigma = needs
+    elif needs and not learn_sigma:
+        raise ConfigError(
+            "model.learn_sigma", "the recipe's loss trains the learned variance: set it to true"
+        )
+    return dict(
+        input_size=source.resolution,
+        in_channels=source.channels,
+        num_classes=source.num_classes,
+        learn_sigma=bool(learn_sigma),
+        class_dropout_prob=cfg.model.class_dropout_prob,
+        grad_checkpointing=cfg.model.grad_checkpointing,
+    )
+
+
+def build_model(cfg: RunConfig, source, recipe, device: torch.device | str = "meta"):
+    """The DiT of ``cfg.model`` for ``source``'s shape (on the meta device by default: no allocation)."""
+    from fasterdit.models import create_model
+
+    kwargs = model_kwargs(cfg, source, recipe)
+    try:
+        with torch.device(device):
+            model = create_model(cfg.model.name, **kwargs)
+    except ConfigError as err:
+        field = "model.name" if err.field == "model" else f"model.{err.field}"
+        raise ConfigError(field, str(err).split(": ", 1)[-1]) from None
+    return model
+
+
+def data_description(source, spec: str) -> dict[str, Any]:
+    """What a checkpoint records about its data (enough to sample without the data)."""
+    return dict(
+        source=spec,
+        channels=int(source.channels),
+        resolution=int(source.resolution),
+        num_classes=int(source.num_classes),
+        is_latent=bool(source.is_latent),
+        vae=source.vae,
+        channel_mean=[float(v) for v in source.channel_mean],
+        channel_std=[float(v) for v in source.channel_std],
+        size=len(source),
+    )
+
+
+def check_expected_shape(cfg: RunConfig, source) -> None:
+    """The data must have the shape the config says it expects (when it says)."""
+    for key in ("resolution", "channels", "num_classes"):
+        want, got = getattr(cfg.data, key), int(getattr(source, key))
+        if want is not None and want != got:
+            raise ConfigError(f"data.{key}", f"the config expects {want} but {cfg.data.source} has {got}")
+
+
+class ShapeOnly:
+    """A stand-in data source for ``--dry-run`` before the data exists: just the expected shape."""
+
+    is_latent = False
+    vae = None
+
+    def __init__(self, cfg: RunConfig):
+        missing = [k for k in ("resolution", "channels", "num_classes") if getattr(cfg.data, k) is None]
+        if missing:
+            raise ConfigError(
+                "data.source",
+                f"{cfg.data.source!r} does not exist; for a dry run without the data set "
+                + ", ".join(f"data.{k}" for k in missing),
+            )
+        self.resolution, self.channels = int(cfg.data.resolution), int(cfg.data.channels)
+        self.num_classes = int(cfg.data.num_classes)
+        self.channel_mean, self.channel_std = [0.0] * self.channels, [1.0] * self.channels
+
+    def __len__(self) -> int:
+        return 0
+
+
+def check_config(cfg: RunConfig, world_size: int = 1):
+    """Every check that needs no training: ranges, recipe, data, model. Returns (recipe, source).
+
+    Raises ConfigError/DataError naming the field. Loads the data source (cheap: embedded sets are
+    small; prepared sets are memory-mapped), and builds the model on the meta device.
+    """
+    from fasterdit.train.data_source import open_source
+
+    cfg.validate()
+    check_world(cfg, world_size)
+    recipe = build_recipe(cfg)
+    source = open_source(cfg.data.source, cfg.data.split, "cpu")
+    check_expected_shape(cfg, source)
+    classes = cfg.sample.classes
+    if classes and max(classes) >= max(source.num_classes, 1):
+        raise ConfigError("sample.classes", f"the data has {source.num_classes} classes, got {classes}")
+    recipe = resolve_recipe_on_data(recipe, source)
+    build_model(cfg, source, recipe, "meta")
+    if cfg.eval.every:
+        from fasterdit.data.embedded import EMBEDDED
+
+        if cfg.data.source not in EMBEDDED:
+            raise ConfigError(
+                "eval.every", "in-training evaluation needs an embedded dataset (mnist, digits)"
+            )
+    if source.is_latent and cfg.log.sample_every and not source.vae:
+        raise UserError(f"{cfg.data.source}: latent data without a VAE in its manifest cannot be sampled")
+    return recipe, source

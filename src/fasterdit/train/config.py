@@ -1,0 +1,453 @@
+"""The training configuration: typed dataclasses read from YAML, with ``--set key=value`` overrides.
+
+Why dataclasses and not a free-form dict: every value is checked (type and range) *before* any work
+starts, and an error names the dotted field (``optim.lr: must be > 0, got -0.001``), so a typo in a
+config never surfaces as a crash two hours into a run.
+
+Counts are in **optimizer steps** (``train.steps``, ``log.*_every``, ``optim.warmup_steps``); one step
+consumes ``train.batch_size`` images summed over all ranks and accumulation micro-steps, so the number of
+training images seen is ``steps × batch_size`` (the progress bar and the metrics log report both).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fasterdit.errors import ConfigError
+
+__all__ = [
+    "DataConfig",
+    "EvalConfig",
+    "LogConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "RunConfig",
+    "SampleConfig",
+    "TrainConfig",
+    "check_world",
+    "config_from_dict",
+    "config_search_dirs",
+    "config_to_dict",
+    "load_config",
+    "parse_overrides",
+    "resolve_config_path",
+]
+
+
+@dataclass
+class ModelConfig:
+    name: str = "DiT-Ti/4"  #: a named config of fasterdit.models (``fasterdit info --list``)
+    #: output the learned variance (2C channels); None = what the recipe's loss needs (DiT's VB term)
+    learn_sigma: bool | None = None
+    class_dropout_prob: float = 0.1  #: label dropout for classifier-free guidance (adds the null class)
+    grad_checkpointing: bool = False  #: recompute block activations in backward (saves memory)
+
+
+@dataclass
+class DataConfig:
+    #: an embedded dataset name ("mnist", "digits") or a directory written by ``fasterdit prepare``
+    source: str = "mnist"
+    split: str = "train"  #: embedded datasets only: "train", "heldout" or "all"
+    #: the shape the config expects (checked against the data; lets ``--dry-run`` work before the data exists)
+    resolution: int | None = None  #: side of the images/latents the model sees (ImageNet-256 latents: 32)
+    channels: int | None = None  #: channels the model sees (SD-VAE latents: 4)
+    num_classes: int | None = None  #: 0 = unconditional
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    warmup_steps: int = 0  #: linear warm-up from 0 to ``lr``, then constant
+    grad_clip: float = 0.0  #: max global gradient norm; 0 = no clipping
+    fused: bool | None = None  #: fused AdamW kernel; None = wherever this torch build offers it
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000  #: optimizer steps; images seen = steps × batch_size
+    batch_size: int = 64  #: global batch (all ranks × accumulation micro-steps)
+    grad_accum: int = 1  #: micro-steps per optimizer step on each rank
+    device: str = "auto"  #: "auto" (CUDA if available), "cpu", "cuda"
+    precision: str = "auto"  #: "auto" (bf16 autocast on CUDA, fp32 on CPU), "fp32", "bf16"
+    compile: bool = False  #: torch.compile the model
+    #: CPU threads for torch ops; None = torch's default (all cores). 1 is faster on a machine shared with
+    #: other busy processes (OpenMP threads then spin against each other)
+    threads: int | None = None
+    tf32: bool = True  #: allow TF32 matmuls on Ampere+ GPUs
+    ema_decay: float = 0.9999  #: EMA of the weights, updated every optimizer step, kept in fp32
+    #: ramp the EMA decay as min(decay, (1 + step) / (10 + step)) so short runs get a useful EMA early
+    ema_warmup: bool = False
+    max_nonfinite: int = 20  #: abort after this many consecutive steps with a non-finite loss/gradient
+
+
+@dataclass
+class LogConfig:
+    log_every: int = 50  #: metrics to JSONL/TensorBoard and the progress bar (also the host-sync interval)
+    ckpt_every: int = 1000  #: checkpoint interval in steps (a final checkpoint is always written)
+    keep_last: int = 3  #: checkpoints kept in <run_dir>/checkpoints
+    sample_every: int = 1000  #: sample-grid interval in steps (0 = only at the end)
+    tensorboard: bool = True  #: also write TensorBoard events (if tensorboard is installed)
+    progress: bool = True  #: show the tqdm progress bar
+
+
+@dataclass
+class SampleConfig:
+    """The sample grids written during training: fixed noise and labels, EMA weights, rows = classes."""
+
+    sampler: str | None = None  #: None = the recipe's default sampler
+    steps: int = 50
+    cfg_scale: float = 1.0
+    classes: list[int] | None = None  #: one grid row per class; None = every class (at most 10)
+    per_class: int = 8  #: samples per row
+
+
+@dataclass
+class EvalConfig:
+    """Optional FID / class accuracy every ``every`` steps (embedded data only; see fasterdit.eval)."""
+
+    every: int = 0  #: 0 = off
+    num_samples: int = 1000
+    sampler: str | None = None  #: None = sample.sampler
+    steps: int | None = None  #: None = sample.steps
+    cfg_scale: float | None = None  #: None = sample.cfg_scale
+
+
+@dataclass
+class RunConfig:
+    seed: int = 0
+    #: a preset name ("dit", "sit", "fasterdit") or a recipe YAML file
+    recipe: str = "fasterdit"
+    #: dotted recipe fields to change, e.g. {"loss.direction_weight": 0.0}; ``--set recipe.X=V`` lands here
+    recipe_overrides: dict[str, Any] = field(default_factory=dict)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return config_to_dict(self)
+
+    def validate(self) -> RunConfig:
+        """Range checks that need no other module (the trainer checks model/recipe/data names)."""
+        _validate(self)
+        return self
+
+
+# ----------------------------------------------------------------------------------------------------
+# dict <-> dataclass with type coercion
+# ----------------------------------------------------------------------------------------------------
+
+_TRUE = {"true", "yes", "on", "1"}
+_FALSE = {"false", "no", "off", "0"}
+_NONE = {"none", "null", "~", ""}
+
+
+def _is_dataclass_type(tp: Any) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _coerce(value: Any, tp: Any, name: str) -> Any:
+    """Convert a YAML or command-line value to the field's declared type, or raise naming the field.
+
+    PyYAML reads ``1e-4`` (no dot) as a string, and ``--set`` values arrive as strings, so numbers and
+    booleans are parsed here from either form.
+    """
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        is_none = value is None or (isinstance(value, str) and value.strip().lower() in _NONE)
+        if is_none and type(None) in args:
+            return None
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, arg, name)
+            except ConfigError:
+                continue
+        raise ConfigError(name, f"expected {_type_name(tp)}, got {value!r}")
+    if tp is Any:
+        return value
+    if value is None:
+        raise ConfigError(name, f"expected {_type_name(tp)}, got null")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+            return value.strip().lower() in _TRUE
+        raise ConfigError(name, f"expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ConfigError(name, f"expected an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        try:
+            f = float(str(value).replace("_", ""))
+        except ValueError:
+            raise ConfigError(name, f"expected an integer, got {value!r}") from None
+        if not f.is_integer():
+            raise ConfigError(name, f"expected an integer, got {value!r}")
+        return int(f)
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(name, f"expected a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(name, f"expected a number, got {value!r}") from None
+    if tp is str:
+        if isinstance(value, (dict, list)):
+            raise ConfigError(name, f"expected a string, got {value!r}")
+        return str(value)
+    if origin is list:
+        if isinstance(value, str):
+            value = [v for v in value.replace("[", "").replace("]", "").split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(name, f"expected a list, got {value!r}")
+        (item,) = args or (Any,)
+        return [_coerce(v, item, f"{name}[{i}]") for i, v in enumerate(value)]
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(name, f"expected a mapping, got {value!r}")
+        return dict(value)
+    if _is_dataclass_type(tp):
+        return _build(tp, value, name)
+    raise ConfigError(name, f"unsupported field type {tp!r}")  # pragma: no cover - programming error
+
+
+def _type_name(tp: Any) -> str:
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in args)
+    return {bool: "true/false", int: "an integer", float: "a number", str: "a string"}.get(
+        tp, "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
+    )
+
+
+def _unknown(name: str, key: str, known: list[str]) -> ConfigError:
+    full = f"{name}.{key}" if name else key
+    close = difflib.get_close_matches(key, known, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else f"; known fields: {', '.join(known)}"
+    return ConfigError(full, f"unknown field{hint}")
+
+
+def _build(cls: type, data: Any, name: str = "") -> Any:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(name or "config", f"expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        if key not in fields:
+            raise _unknown(name, str(key), list(fields))
+        kwargs[key] = _coerce(value, hints[key], f"{name}.{key}" if name else key)
+    return cls(**kwargs)
+
+
+def config_from_dict(data: dict[str, Any]) -> RunConfig:
+    """Build (and range-check) a RunConfig from a plain dict such as a parsed YAML file."""
+    return _build(RunConfig, data).validate()
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain, YAML-safe dict of a config dataclass (round-trips through config_from_dict)."""
+    return dataclasses.asdict(cfg)
+
+
+def parse_overrides(items: list[str] | None) -> list[tuple[str, str]]:
+    """``["optim.lr=2e-4", ...]`` -> ``[("optim.lr", "2e-4"), ...]``; the value stays a string."""
+    out = []
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError("--set", f"expected key=value (e.g. optim.lr=2e-4), got {item!r}")
+        out.append((key.strip(), value.strip()))
+    return out
+
+
+def _apply_override(data: dict[str, Any], key: str, raw: str) -> None:
+    """Set a dotted key in the raw config dict, checking the path against the dataclasses.
+
+    ``recipe.<path>`` keys are recipe fields: they go to ``recipe_overrides`` unchanged (the Recipe
+    checks them), except ``recipe`` itself, which selects the preset or file.
+    """
+    parts = key.split(".")
+    if parts[0] == "recipe" and len(parts) > 1:
+        data.setdefault("recipe_overrides", {})
+        if data["recipe_overrides"] is None:
+            data["recipe_overrides"] = {}
+        data["recipe_overrides"][".".join(parts[1:])] = yaml.safe_load(raw) if raw else raw
+        return
+    cls: Any = RunConfig
+    node = data
+    for i, part in enumerate(parts):
+        fields = {f.name for f in dataclasses.fields(cls)}
+        if part not in fields:
+            raise _unknown(".".join(parts[:i]), part, sorted(fields))
+        tp = typing.get_type_hints(cls)[part]
+        if i == len(parts) - 1:
+            # keep the string; _coerce parses it by the declared type (lists from "1,2,3" or YAML)
+            parsed: Any = raw
+            if typing.get_origin(tp) is list or tp is dict or typing.get_origin(tp) is dict:
+                loaded = yaml.safe_load(raw) if raw else None
+                parsed = loaded if isinstance(loaded, (list, dict)) else raw
+            node[part] = parsed
+            return
+        if not _is_dataclass_type(tp):
+            raise ConfigError(".".join(parts[: i + 1]), f"is not a section; cannot set {key!r}")
+        if not isinstance(node.get(part), dict):
+            node[part] = {}
+        node = node[part]
+        cls = tp
+
+
+def config_search_dirs() -> list[Path]:
+    """Where bare config names (``demo``) are looked up: ./configs, then the repository's configs/."""
+    here = Path(__file__).resolve()
+    dirs = [Path.cwd() / "configs", here.parents[3] / "configs", here.parents[1] / "configs"]
+    seen, out = set(), []
+    for d in dirs:
+        if d not in seen:
+            seen.add(d)
+            out.append(d)
+    return out
+
+
+def resolve_config_path(spec: str | Path) -> Path:
+    """A config file path, or a bare name such as ``demo`` / ``mnist-fasterdit`` from configs/."""
+    path = Path(spec)
+    if path.is_file():
+        return path
+    if path.suffix == "" and len(path.parts) == 1:
+        for d in config_search_dirs():
+            cand = d / f"{spec}.yaml"
+            if cand.is_file():
+                return cand
+    known = sorted({p.stem for d in config_search_dirs() if d.is_dir() for p in d.glob("*.yaml")})
+    hint = f" (shipped configs: {', '.join(known)})" if known else ""
+    raise ConfigError("--config", f"no such config file: {spec}{hint}")
+
+
+def load_config(spec: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML config (or start from the defaults when ``spec`` is None) and apply ``--set`` overrides."""
+    data: dict[str, Any] = {}
+    if spec is not None:
+        path = resolve_config_path(spec)
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as err:
+            raise ConfigError("--config", f"{path} is not valid YAML: {err}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(
+                "--config", f"{path} must hold a mapping of sections, not {type(loaded).__name__}"
+            )
+        data = loaded or {}
+    for key, raw in parse_overrides(overrides):
+        _apply_override(data, key, raw)
+    return config_from_dict(data)
+
+
+# ----------------------------------------------------------------------------------------------------
+# range checks
+# ----------------------------------------------------------------------------------------------------
+
+
+def _check(ok: bool, name: str, msg: str) -> None:
+    if not ok:
+        raise ConfigError(name, msg)
+
+
+def _validate(cfg: RunConfig) -> None:
+    o, t, lg, s, e = cfg.optim, cfg.train, cfg.log, cfg.sample, cfg.eval
+    _check(bool(cfg.recipe.strip()), "recipe", "must name a preset (dit, sit, fasterdit) or a recipe YAML")
+    _check(bool(cfg.model.name.strip()), "model.name", "must name a model config (fasterdit info --list)")
+    _check(
+        0.0 <= cfg.model.class_dropout_prob < 1.0,
+        "model.class_dropout_prob",
+        f"must be in [0, 1), got {cfg.model.class_dropout_prob}",
+    )
+    _check(bool(cfg.data.source.strip()), "data.source", "must be an embedded name (mnist, digits) or a path")
+    _check(
+        cfg.data.split in ("train", "heldout", "all"),
+        "data.split",
+        f"must be train, heldout or all, got {cfg.data.split!r}",
+    )
+    for key in ("resolution", "channels"):
+        v = getattr(cfg.data, key)
+        _check(v is None or v >= 1, f"data.{key}", f"must be >= 1, got {v}")
+    _check(
+        cfg.data.num_classes is None or cfg.data.num_classes >= 0,
+        "data.num_classes",
+        f"must be >= 0, got {cfg.data.num_classes}",
+    )
+    _check(o.lr > 0, "optim.lr", f"must be > 0, got {o.lr}")
+    _check(o.weight_decay >= 0, "optim.weight_decay", f"must be >= 0, got {o.weight_decay}")
+    _check(0 <= o.beta1 < 1, "optim.beta1", f"must be in [0, 1), got {o.beta1}")
+    _check(0 <= o.beta2 < 1, "optim.beta2", f"must be in [0, 1), got {o.beta2}")
+    _check(o.eps > 0, "optim.eps", f"must be > 0, got {o.eps}")
+    _check(o.warmup_steps >= 0, "optim.warmup_steps", f"must be >= 0, got {o.warmup_steps}")
+    _check(o.grad_clip >= 0, "optim.grad_clip", f"must be >= 0 (0 = off), got {o.grad_clip}")
+    _check(t.steps > 0, "train.steps", f"must be > 0, got {t.steps}")
+    _check(t.batch_size > 0, "train.batch_size", f"must be > 0, got {t.batch_size}")
+    _check(t.grad_accum >= 1, "train.grad_accum", f"must be >= 1, got {t.grad_accum}")
+    _check(
+        t.batch_size % t.grad_accum == 0,
+        "train.batch_size",
+        f"{t.batch_size} is not divisible by train.grad_accum={t.grad_accum}",
+    )
+    _check(
+        t.device == "auto" or t.device == "cpu" or t.device.startswith("cuda"),
+        "train.device",
+        f"must be auto, cpu or cuda, got {t.device!r}",
+    )
+    _check(
+        t.precision in ("auto", "fp32", "bf16"),
+        "train.precision",
+        f"must be auto, fp32 or bf16, got {t.precision!r}",
+    )
+    _check(0 <= t.ema_decay < 1, "train.ema_decay", f"must be in [0, 1), got {t.ema_decay}")
+    _check(t.threads is None or t.threads >= 1, "train.threads", f"must be >= 1 or null, got {t.threads}")
+    _check(t.max_nonfinite >= 1, "train.max_nonfinite", f"must be >= 1, got {t.max_nonfinite}")
+    for key in ("log_every", "ckpt_every", "sample_every"):
+        _check(getattr(lg, key) >= 0, f"log.{key}", f"must be >= 0 (0 = off), got {getattr(lg, key)}")
+    _check(lg.log_every >= 1, "log.log_every", f"must be >= 1, got {lg.log_every}")
+    _check(lg.keep_last >= 1, "log.keep_last", f"must be >= 1, got {lg.keep_last}")
+    _check(s.steps >= 1, "sample.steps", f"must be >= 1, got {s.steps}")
+    _check(s.cfg_scale >= 0, "sample.cfg_scale", f"must be >= 0, got {s.cfg_scale}")
+    _check(s.per_class >= 1, "sample.per_class", f"must be >= 1, got {s.per_class}")
+    _check(
+        s.classes is None or all(c >= 0 for c in s.classes),
+        "sample.classes",
+        f"must be class indices >= 0, got {s.classes}",
+    )
+    _check(e.every >= 0, "eval.every", f"must be >= 0 (0 = off), got {e.every}")
+    _check(e.num_samples >= 1, "eval.num_samples", f"must be >= 1, got {e.num_samples}")
+    _check(e.steps is None or e.steps >= 1, "eval.steps", f"must be >= 1, got {e.steps}")
+
+
+def check_world(cfg: RunConfig, world_size: int) -> None:
+    """The global batch must split evenly into world_size × grad_accum micro-batches."""
+    div = world_size * cfg.train.grad_accum
+    if cfg.train.batch_size % div:
+        raise ConfigError(
+            "train.batch_size",
+            f"{cfg.train.batch_size} is not divisible by world size {world_size} × train.grad_accum "
+            f"{cfg.train.grad_accum} = {div}",
+        )

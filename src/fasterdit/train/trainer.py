@@ -1,0 +1,928 @@
+"""The training loop: recipe + DiT + data -> a run directory, single process or under torchrun.
+
+How one optimizer step works (the hot path), and why:
+
+1. Indices: the global batch is the next ``batch_size`` positions of a seeded epoch-permutation stream
+   (:class:`~fasterdit.train.data_source.IndexStream`); rank ``r`` takes the ``r``-th contiguous share and
+   splits it into ``grad_accum`` micro-batches. The data position is ``images_seen``, one integer.
+2. Randomness that defines the loss (timesteps, noise, label dropout) is drawn for the **whole global
+   batch** on every rank from a generator seeded by (seed, step) and each rank slices out its rows. So a
+   sample's t and ε do not depend on how the batch is split: 2 ranks × 32 and 1 rank × 64 train on
+   identical draws (up to float summation order) and resuming needs no generator state at all.
+3. Forward/backward under bf16 autocast on CUDA (fp32 on CPU); DDP gradient sync only on the last
+   micro-step (``no_sync``).
+4. Non-finite guard without a host sync: ``ok = isfinite(all-reduced loss) & isfinite(grad norm)`` is a
+   device tensor; the fused AdamW kernel takes it as ``found_inf`` and skips the update on the device, and
+   the EMA update weight is multiplied by it. The host learns about it one step later through a
+   non-blocking copy (the "lagged read"), which is also how per-step losses, the NaN streak and, under
+   DDP, a stop request reach the host without stalling the GPU pipeline.
+5. Logging, sample grids, evaluation and checkpoints happen at their intervals only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import shutil
+import signal
+import threading
+import time
+from array import array
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from fasterdit.errors import ConfigError, UserError
+from fasterdit.train import checkpoint as ckpt_mod
+from fasterdit.train.build import build_model, check_config, data_description, model_kwargs, recipe_sampler
+from fasterdit.train.config import RunConfig, config_from_dict
+from fasterdit.train.data_source import (
+    LATENT_TAG,
+    SAMPLE_TAG,
+    STEP_TAG,
+    EmbeddedSource,
+    IndexStream,
+    derive_seed,
+    rank_slice,
+)
+from fasterdit.train.distributed import DistInfo, all_reduce_sum, barrier, gather_objects, init_distributed
+from fasterdit.train.ema import EMA
+from fasterdit.train.logging import MetricsLogger, Progress, plot_eval_curve, plot_loss_curve
+
+__all__ = ["TrainResult", "Trainer", "TrainingAborted", "train"]
+
+INIT_TAG = 5
+EVAL_TAG = 6
+
+
+class TrainingAborted(UserError):
+    """Training stopped on purpose (e.g. a stream of non-finite losses); the message says what is intact."""
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    step: int
+    images_seen: int
+    checkpoint: Path | None
+    losses: list[float] = field(default_factory=list)  # per-step global mean loss of this process's steps
+    skipped_steps: int = 0
+    stopped_by: str | None = None  # a signal name when interrupted
+    samples_per_sec: float = float("nan")  # steady-state training throughput (excludes sampling/ckpt)
+    wall_time: float = 0.0
+
+
+# ----------------------------------------------------------------------------------------------------
+# RNG state helpers
+# ----------------------------------------------------------------------------------------------------
+
+
+def _rng_state() -> dict[str, Any]:
+    st: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "python": list(random.getstate()[1]),
+        "python_version": random.getstate()[0],
+        "python_gauss": random.getstate()[2],
+    }
+    np_state = np.random.get_state()
+    st["numpy"] = {
+        "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+        "pos": int(np_state[2]),
+        "has_gauss": int(np_state[3]),
+        "gauss": float(np_state[4]),
+    }
+    if torch.cuda.is_available():
+        st["cuda"] = torch.cuda.get_rng_state_all()
+    return st
+
+
+def _set_rng_state(st: dict[str, Any]) -> None:
+    torch.set_rng_state(st["torch"])
+    random.setstate((st["python_version"], tuple(st["python"]), st["python_gauss"]))
+    n = st["numpy"]
+    np.random.set_state(
+        ("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"])
+    )
+    if "cuda" in st and torch.cuda.is_available() and len(st["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(st["cuda"])
+
+
+# ----------------------------------------------------------------------------------------------------
+# the model call the loss sees
+# ----------------------------------------------------------------------------------------------------
+
+
+class _ModelCall:
+    """The (DDP/compiled) model as the loss calls it, with this micro-batch's label-dropout mask.
+
+    Why: label dropout must use the global-batch draws (see the module docstring), so the mask is passed
+    as the model's ``force_drop_ids`` instead of letting the model draw from the global RNG. Attribute
+    access (``num_classes``, ``learn_sigma``...) falls through to the plain DiT.
+    """
+
+    def __init__(self, model: torch.nn.Module, base: torch.nn.Module):
+        self._model = model
+        self._base = base
+        self.drop: torch.Tensor | None = None
+
+    def __call__(self, x, t, y=None, **kwargs):
+        if self.drop is not None and "force_drop_ids" not in kwargs:
+            kwargs["force_drop_ids"] = self.drop
+        return self._model(x, t, y, **kwargs)
+
+    def __getattr__(self, name: str):
+        return getattr(self._base, name)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Trainer
+# ----------------------------------------------------------------------------------------------------
+
+
+class Trainer:
+    """Train one run directory. ``Trainer(cfg, run_dir).run()``; resumes automatically.
+
+    Test hooks (not part of the CLI): ``loss_hook(step, terms) -> terms`` may replace the loss terms
+    (e.g. inject a NaN); ``after_step_hook(trainer, step)`` runs after every optimizer step.
+    """
+
+    def __init__(
+        self,
+        cfg: RunConfig,
+        run_dir: str | Path,
+        dist_info: DistInfo | None = None,
+        *,
+        resume: bool = True,
+        show_progress: bool | None = None,
+        install_signal_handlers: bool = True,
+    ):
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.dist = dist_info or init_distributed(cfg.train.device)
+        # ---- every config check before any work (raises ConfigError/DataError naming the field)
+        self.recipe, self.source = check_config(cfg, self.dist.world_size)
+        self.resume = resume
+        self.show_progress = cfg.log.progress if show_progress is None else show_progress
+        self.install_signal_handlers = install_signal_handlers
+        self.loss_hook: Callable[[int, dict], dict] | None = None
+        self.after_step_hook: Callable[[Trainer, int], None] | None = None
+        self._stop_signal: str | None = None
+        self._built = False
+
+    # ------------------------------------------------------------------ setup
+    def _setup(self) -> None:
+        cfg, d = self.cfg, self.dist
+        dev = d.device
+        self.device = dev
+        if cfg.train.threads:
+            torch.set_num_threads(cfg.train.threads)
+        self.is_cuda = dev.type == "cuda"
+        if self.is_cuda and cfg.train.tf32:
+            torch.set_float32_matmul_precision("high")  # TF32 tensor cores for the fp32 matmuls left
+            torch.backends.cudnn.allow_tf32 = True
+        prec = cfg.train.precision
+        self.amp_dtype = torch.bfloat16 if (prec == "bf16" or (prec == "auto" and self.is_cuda)) else None
+
+        # data: embedded sets live on the device (a batch is one index_select); prepared sets stay mapped
+        self._data_on_device = isinstance(self.source, EmbeddedSource)
+        if self._data_on_device:
+            self.source.images = self.source.images.to(dev)
+            self.source.labels = self.source.labels.to(dev)
+        self.stream = IndexStream(len(self.source), cfg.seed, dev if self._data_on_device else "cpu")
+
+        # model: identical init on every rank (DDP also broadcasts rank 0's weights)
+        torch.manual_seed(derive_seed(cfg.seed, INIT_TAG))
+        model = build_model(cfg, self.source, self.recipe, "cpu").to(dev)
+        model.train()
+        self.model = model
+        self.kwargs = model_kwargs(cfg, self.source, self.recipe)
+        self.ema = EMA(model, cfg.train.ema_decay, cfg.train.ema_warmup)
+
+        o = cfg.optim
+        fused = o.fused
+        if fused is None:
+            fused = _fused_supported(dev)
+        self.fused = bool(fused)
+        params = [p for p in model.parameters() if p.requires_grad]
+        self.params = params
+        try:
+            self.opt = torch.optim.AdamW(
+                params,
+                lr=o.lr,
+                betas=(o.beta1, o.beta2),
+                eps=o.eps,
+                weight_decay=o.weight_decay,
+                fused=self.fused or None,
+            )
+        except (RuntimeError, TypeError) as err:
+            if o.fused:
+                raise ConfigError("optim.fused", f"fused AdamW is not available here ({err})") from None
+            self.fused = False
+            self.opt = torch.optim.AdamW(
+                params, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps, weight_decay=o.weight_decay
+            )
+
+        train_model: torch.nn.Module = model
+        if d.distributed:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            train_model = DDP(
+                model,
+                device_ids=[dev.index] if self.is_cuda else None,
+                broadcast_buffers=False,
+                gradient_as_bucket_view=True,
+            )
+        if cfg.train.compile:
+            train_model = torch.compile(train_model)
+        self.train_model = train_model
+        self.call = _ModelCall(train_model, model)
+
+        from fasterdit.diffusion.losses import DiffusionLoss
+
+        self.loss_fn = DiffusionLoss(self.recipe)
+        self._loss_injects = _loss_injection(self.loss_fn)
+
+        self.step = 0
+        self.images_seen = 0
+        self.skipped_total = 0
+        self.streak = 0
+        self.streak_start = -1
+        self.last_ckpt: Path | None = None
+        self.gen = torch.Generator(device=dev)
+        self._built = True
+
+    # ------------------------------------------------------------------ resume
+    def _try_resume(self) -> Path | None:
+        if not self.resume:
+            return None
+        found = ckpt_mod.latest_checkpoint(self.run_dir)
+        found = _broadcast_path(found)
+        if found is None:
+            return None
+        meta = ckpt_mod.read_meta(found)
+        self._check_compatible(meta)
+        from safetensors.torch import load_file
+
+        self.model.load_state_dict(load_file(str(found / "model.safetensors"), device=str(self.device)))
+        self.ema.load_state_dict(load_file(str(found / "ema.safetensors"), device=str(self.device)))
+        state = ckpt_mod.load_train_state(found, map_location="cpu")
+        self.opt.load_state_dict(state["optimizer"])
+        self.step = int(state["step"])
+        self.images_seen = int(state["images_seen"])
+        self.skipped_total = int(state.get("skipped_total", 0))
+        self.ema.num_updates = int(state.get("ema_updates", self.step))
+        data = state.get("data", {})
+        if int(data.get("size", len(self.source))) != len(self.source):
+            self._say(
+                f"warning: the dataset has {len(self.source)} items but the checkpoint was trained on "
+                f"{data.get('size')}; the data order will differ from an uninterrupted run"
+            )
+        rng = state.get("rng", [])
+        if len(rng) == self.dist.world_size:
+            _set_rng_state(rng[self.dist.rank])
+        elif rng:
+            _set_rng_state(rng[0])
+        for name, st in state.get("generators", {}).items():
+            if name == "step" and st is not None:
+                with contextlib.suppress(RuntimeError):
+                    self.gen.set_state(st)
+        self.last_ckpt = found
+        return found
+
+    def _check_compatible(self, meta: dict[str, Any]) -> None:
+        old = meta.get("config", {})
+        for sec, key in (
+            ("model", "name"),
+            ("model", "learn_sigma"),
+            ("model", "class_dropout_prob"),
+            ("data", "source"),
+        ):
+            a, b = old.get(sec, {}).get(key), getattr(getattr(self.cfg, sec), key)
+            if key == "learn_sigma":
+                a, b = meta.get("model", {}).get("learn_sigma"), self.kwargs["learn_sigma"]
+            if a is not None and a != b:
+                raise ConfigError(
+                    f"{sec}.{key}",
+                    f"the run in {self.run_dir} was trained with {a!r}, this config "
+                    f"has {b!r}; use a new --run-dir or the run's own config",
+                )
+
+    # ------------------------------------------------------------------ helpers
+    def lr_at(self, step: int) -> float:
+        w = self.cfg.optim.warmup_steps
+        return self.cfg.optim.lr * min(1.0, (step + 1) / w) if w > 0 else self.cfg.optim.lr
+
+    def _say(self, msg: str) -> None:
+        if self.dist.is_main:
+            if getattr(self, "progress", None) is not None:
+                self.progress.write(msg)
+            else:
+                print(msg, flush=True)
+
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    def _global_draws(self, n: int) -> dict[str, torch.Tensor]:
+        """Per-sample randomness of the whole global batch, identical on every rank."""
+        g = self.gen
+        out: dict[str, torch.Tensor] = {}
+        src = self.source
+        if "t" in self._loss_injects:
+            out["t"] = self.recipe.timestep_sampler_obj.sample(n, generator=g, device=self.device)
+        if "noise" in self._loss_injects:
+            out["noise"] = torch.randn(
+                (n, src.channels, src.resolution, src.resolution), generator=g, device=self.device
+            )
+        if self.model.y_embedder is not None and self.model.y_embedder.dropout_prob > 0:
+            u = torch.rand(n, generator=g, device=self.device)
+            out["drop"] = (u < self.model.y_embedder.dropout_prob).long()
+        return out
+
+    # ------------------------------------------------------------------ one step
+    def _train_step(self, step: int) -> torch.Tensor:
+        cfg, d = self.cfg, self.dist
+        B, W, A = cfg.train.batch_size, d.world_size, cfg.train.grad_accum
+        per_rank = B // W
+        b = per_rank // A
+        share = rank_slice(B, W, d.rank)
+
+        gidx = self.stream.take(self.images_seen, B)
+        ridx = gidx[share]
+        self.gen.manual_seed(derive_seed(cfg.seed, STEP_TAG, step))
+        draws = self._global_draws(B)
+        if self._data_on_device:  # resident tensors, indices already on the device: one index_select
+            x, y = self.source.get_batch(ridx)
+        else:
+            # memory-mapped shards: read and draw the latents on the CPU (a CPU generator), then copy from
+            # pinned memory without blocking, so the host never waits for the GPU's queue here
+            gdata = torch.Generator().manual_seed(derive_seed(cfg.seed, LATENT_TAG, step, d.rank))
+            x, y = self.source.get_batch(ridx, gdata)
+            if self.is_cuda:
+                x, y = x.pin_memory(), y.pin_memory()
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+        lr = self.lr_at(step)
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+
+        loss_acc: torch.Tensor | None = None
+        term_acc: dict[str, torch.Tensor] = {}
+        for a in range(A):
+            rows = slice(a * b, (a + 1) * b)
+            grows = slice(share.start + a * b, share.start + (a + 1) * b)
+            sync_ctx = (
+                self.train_model.no_sync()
+                if (d.distributed and a < A - 1 and hasattr(self.train_model, "no_sync"))
+                else contextlib.nullcontext()
+            )
+            self.call.drop = draws["drop"][grows] if "drop" in draws else None
+            kw: dict[str, Any] = {}
+            if "t" in draws:
+                kw["t"] = draws["t"][grows]
+            if "noise" in draws:
+                kw["noise"] = draws["noise"][grows]
+            if "generator" in self._loss_injects:
+                if not self._loss_injects >= {"t", "noise"}:
+                    # fallback: the loss draws itself; seed per (step, global micro-batch)
+                    self.gen.manual_seed(derive_seed(cfg.seed, STEP_TAG, step, 1 + d.rank * A + a))
+                kw["generator"] = self.gen
+            with sync_ctx:
+                with self._autocast():
+                    terms = self.loss_fn(self.call, x[rows], y[rows], **kw)
+                if self.loss_hook is not None:
+                    terms = self.loss_hook(step, terms)
+                loss = terms["loss"]
+                (loss / A).backward()
+            ld = loss.detach().float()
+            loss_acc = ld if loss_acc is None else loss_acc + ld
+            for k, v in terms.items():
+                if k != "loss" and isinstance(v, torch.Tensor) and v.numel() == 1:
+                    vd = v.detach().float().reshape(())
+                    term_acc[k] = vd if k not in term_acc else term_acc[k] + vd
+        self.call.drop = None
+        assert loss_acc is not None
+        self._term_names = sorted(term_acc)
+
+        # grad norm (clipping if asked); on DDP grads are already averaged, so it agrees across ranks
+        clip = cfg.optim.grad_clip
+        if clip > 0:
+            gnorm = torch.nn.utils.clip_grad_norm_(self.params, clip, foreach=True)
+        else:
+            gnorm = _total_norm(self.params)
+
+        stats = torch.stack(
+            [loss_acc / A, *[term_acc[k] / A for k in self._term_names], self._stop_flag_tensor()]
+        )
+        if d.distributed:
+            all_reduce_sum(stats)
+            stats[:-1] /= W
+        ok = torch.isfinite(stats[0]) & torch.isfinite(gnorm)
+
+        if self.fused:
+            self.opt.grad_scale = None
+            self.opt.found_inf = (~ok).float()
+            try:
+                self.opt.step()
+            finally:
+                del self.opt.grad_scale, self.opt.found_inf
+            self.ema.update(ok=ok)
+        elif bool(ok):  # host sync: only on the non-fused path (CPU: free)
+            self.opt.step()
+            self.ema.update()
+        else:
+            self.ema.num_updates += 1
+        self.opt.zero_grad(set_to_none=True)
+        self.images_seen += B
+        return torch.cat([stats, ok.float().reshape(1), gnorm.detach().float().reshape(1)])
+
+    def _stop_flag_tensor(self) -> torch.Tensor:
+        if not hasattr(self, "_stop_dev"):
+            self._stop_dev = torch.zeros((), device=self.device)
+        self._stop_dev.fill_(1.0 if self._stop_signal else 0.0)
+        return self._stop_dev.clone()
+
+    # ------------------------------------------------------------------ lagged host read
+    def _post(self, step: int, vec: torch.Tensor) -> None:
+        """Queue this step's stats for the host without waiting (CUDA: pinned buffer + event)."""
+        if self.is_cuda:
+            buf = torch.empty(vec.shape, dtype=vec.dtype, pin_memory=True)
+            buf.copy_(vec, non_blocking=True)
+            ev = torch.cuda.Event()
+            ev.record()
+            self._pending.append((step, buf, ev))
+        else:
+            self._pending.append((step, vec, None))
+
+    def _drain(self, keep: int = 0) -> None:
+        """Consume queued stats, leaving the newest ``keep`` (1 = the lagged read, 0 = a full flush)."""
+        while len(self._pending) > keep:
+            step, buf, ev = self._pending.pop(0)
+            if ev is not None:
+                ev.synchronize()
+            self._consume(step, buf.tolist())
+
+    def _consume(self, step: int, vals: list[float]) -> None:
+        n_terms = len(self._term_names)
+        loss = vals[0]
+        terms = dict(zip(self._term_names, vals[1 : 1 + n_terms]))
+        stop, ok, gnorm = vals[1 + n_terms], vals[2 + n_terms] > 0.5, vals[3 + n_terms]
+        self.losses.append(loss)
+        if stop > 0 and self._agreed_stop is None:
+            self._agreed_stop = step + 1  # every rank sees the same all-reduced flag at the same step
+        if ok:
+            self.streak = 0
+            self._int_loss += loss
+            self._int_n += 1
+            for k, v in terms.items():
+                self._int_terms[k] = self._int_terms.get(k, 0.0) + v
+            self._int_gnorm = max(self._int_gnorm, gnorm)
+        else:
+            self.skipped_total += 1
+            self._int_skipped += 1
+            if self.streak == 0:
+                self.streak_start = step
+            self.streak += 1
+            if self.dist.is_main:
+                self._say(
+                    f"step {step + 1}: non-finite loss or gradient (loss={loss}, grad norm={gnorm}); "
+                    f"step skipped ({self.skipped_total} so far)"
+                )
+            if self.streak >= self.cfg.train.max_nonfinite:
+                self._abort_nonfinite(step)
+
+    def _abort_nonfinite(self, step: int) -> None:
+        last = self.last_ckpt
+        kept = (
+            f"the last good checkpoint is {last} (step {ckpt_mod.checkpoint_step(last)}) and it is intact"
+            if last
+            else "no checkpoint had been written yet"
+        )
+        raise TrainingAborted(
+            f"training aborted at step {step + 1}: the loss or gradient was non-finite for "
+            f"{self.streak} consecutive steps (steps {self.streak_start + 1}..{step + 1}; "
+            f"{self.skipped_total} skipped in all); no weights were updated by them. {kept}. "
+            f"Lower optim.lr, set optim.grad_clip, or check the data; then resume with the same command."
+        )
+
+    # ------------------------------------------------------------------ outputs
+    def _write_log(self, step: int, dt: float, images: int) -> None:
+        n = max(self._int_n, 1)
+        vals: dict[str, Any] = {"loss": self._int_loss / n if self._int_n else float("nan")}
+        for k, v in self._int_terms.items():
+            vals[f"loss_{k}" if not k.startswith("loss") else k] = v / n
+        sps = images / dt if dt > 0 else float("nan")
+        vals.update(
+            lr=self.lr_at(step - 1),
+            grad_norm_max=self._int_gnorm,
+            samples_per_sec=sps,
+            images_seen=self.images_seen,
+            skipped=self._int_skipped,
+            skipped_total=self.skipped_total,
+        )
+        self.logger.log("train", step, vals)
+        if self.progress is not None:
+            self.progress.set(
+                loss=f"{vals['loss']:.4f}", img_s=f"{sps:.0f}", kimg=f"{self.images_seen / 1000:.1f}"
+            )
+        self._int_loss, self._int_n, self._int_terms, self._int_gnorm, self._int_skipped = 0.0, 0, {}, 0.0, 0
+
+    def _sample_setup(self) -> None:
+        s, src = self.cfg.sample, self.source
+        classes = s.classes if s.classes else list(range(min(src.num_classes, 10)))
+        if src.num_classes <= 0:
+            classes = [0]
+        self.grid_classes = classes
+        labels = torch.tensor([c for c in classes for _ in range(s.per_class)], dtype=torch.long)
+        g = torch.Generator().manual_seed(derive_seed(self.cfg.seed, SAMPLE_TAG))
+        shape = (len(labels), src.channels, src.resolution, src.resolution)
+        self.grid_noise = torch.randn(shape, generator=g).to(self.device)
+        self.grid_labels = labels.to(self.device) if src.num_classes > 0 else None
+        self._vae = None
+
+    @torch.no_grad()
+    def sample_grid(self, path: Path) -> Path | None:
+        """EMA samples from the fixed noise and labels: one row per class."""
+        from fasterdit.diffusion.sampling import sample
+        from fasterdit.viz import save_image_grid
+
+        s = self.cfg.sample
+        g = torch.Generator(device=self.device).manual_seed(derive_seed(self.cfg.seed, SAMPLE_TAG, 1))
+        with self._autocast():
+            res = sample(
+                self.ema.model,
+                self.recipe,
+                self.grid_noise.clone(),
+                y=self.grid_labels,
+                sampler=s.sampler or recipe_sampler(self.recipe),
+                steps=s.steps,
+                cfg_scale=s.cfg_scale,
+                generator=g,
+            )
+        x = res.x.float()
+        if self.source.is_latent:
+            x = self._decode(x)
+            if x is None:
+                return None
+        scale = max(1, 128 // max(1, self.source.resolution)) if not self.source.is_latent else 1
+        return save_image_grid(x.cpu(), path, nrow=s.per_class, scale=min(scale, 4))
+
+    def _decode(self, z: torch.Tensor) -> torch.Tensor | None:
+        if self._vae is False:
+            return None
+        try:
+            from fasterdit.data.vae import decode, load_vae
+
+            if self._vae is None:
+                self._vae = load_vae(self.source.vae, device=self.device)
+            return decode(self._vae, z, batch_size=16)
+        except Exception as err:  # no diffusers / offline: training goes on without pictures
+            self._say(f"warning: cannot decode latents with VAE {self.source.vae!r} ({err}); no sample grids")
+            self._vae = False
+            return None
+
+    def _evaluate(self, step: int) -> None:
+        e, s = self.cfg.eval, self.cfg.sample
+        try:
+            from fasterdit.eval import evaluate
+        except ImportError as err:
+            self._say(f"warning: evaluation unavailable ({err}); eval.every ignored")
+            self.cfg.eval.every = 0
+            return
+        t0 = time.time()
+        res = evaluate(
+            self.ema.model,
+            self.recipe,
+            dataset=self.cfg.data.source,
+            num_samples=e.num_samples,
+            sampler=e.sampler or s.sampler or recipe_sampler(self.recipe),
+            steps=e.steps or s.steps,
+            cfg_scale=s.cfg_scale if e.cfg_scale is None else e.cfg_scale,
+            seed=derive_seed(self.cfg.seed, EVAL_TAG) % (2**31),
+            device=self.device,
+        )
+        vals = {k: v for k, v in res.items() if isinstance(v, (int, float, str))}
+        vals.setdefault("num_samples", e.num_samples)
+        vals["eval_seconds"] = round(time.time() - t0, 2)
+        self.logger.log("eval", step, vals)
+        if "fid" in vals:
+            self._say(
+                f"step {step}: FID {vals['fid']:.2f}"
+                + (f", class accuracy {vals['class_accuracy']:.3f}" if "class_accuracy" in vals else "")
+            )
+
+    def save(self) -> Path | None:
+        """Write a checkpoint of the current state (rank 0 writes; every rank contributes its RNG state)."""
+        self._drain(0)
+        rng = gather_objects(_rng_state())
+        path = None
+        if self.dist.is_main:
+            state = {
+                "optimizer": self.opt.state_dict(),
+                "step": self.step,
+                "images_seen": self.images_seen,
+                "skipped_total": self.skipped_total,
+                "ema_updates": self.ema.num_updates,
+                "rng": rng,
+                "generators": {"step": self.gen.get_state()},
+                "data": {
+                    "position": self.images_seen,
+                    "size": len(self.source),
+                    "seed": self.cfg.seed,
+                    "world_size": self.dist.world_size,
+                },
+                "config": self.cfg.to_dict(),
+                "recipe": self.recipe.to_dict(),
+            }
+            meta = {
+                "images_seen": self.images_seen,
+                "config": self.cfg.to_dict(),
+                "recipe": self.recipe.to_dict(),
+                "model": {"name": self.cfg.model.name, **self.kwargs},
+                "data": data_description(self.source, self.cfg.data.source),
+                "world_size": self.dist.world_size,
+                "torch": torch.__version__,
+            }
+            try:
+                path = ckpt_mod.save_checkpoint(
+                    self.run_dir,
+                    self.step,
+                    model_state=self.model.state_dict(),
+                    ema_state=self.ema.state_dict(),
+                    train_state=state,
+                    meta=meta,
+                    keep_last=self.cfg.log.keep_last,
+                )
+                err = None
+            except ckpt_mod.CheckpointError as e:
+                err = str(e)
+        else:
+            err = None
+        from fasterdit.train.distributed import broadcast_object
+
+        err = broadcast_object(err)
+        if err is not None:
+            raise ckpt_mod.CheckpointError(err)
+        path = _broadcast_path(path)
+        self.last_ckpt = path
+        return path
+
+    def _finish_outputs(self) -> None:
+        if not self.dist.is_main:
+            return
+        samples = self.run_dir / "samples"
+        final = samples / f"step-{self.step:09d}.png"
+        if not final.exists() and self.grid_enabled:
+            self.sample_grid(final)
+        if final.exists():
+            shutil.copyfile(final, self.run_dir / "samples.png")
+        plot_loss_curve(self.run_dir)
+        plot_eval_curve(self.run_dir)
+
+    def _write_snr_plot(self) -> None:
+        path = self.run_dir / "snr_pdf.png"
+        if path.exists():
+            return
+        try:
+            from fasterdit.diffusion.snr import save_snr_plot
+
+            std = self.source.channel_std
+            data_std = torch.tensor(std, dtype=torch.float64) if len(std) > 1 else float(std[0])
+            save_snr_plot(
+                [self.recipe],
+                data_std,
+                path,
+                dpi=120,
+                title=f"log-SNR density of this run's recipe ({self.cfg.recipe}) on {self.cfg.data.source}",
+            )
+        except Exception as err:  # a plot must never stop training
+            self._say(f"warning: no SNR-PDF plot ({type(err).__name__}: {err})")
+
+    # ------------------------------------------------------------------ signals
+    def _handler(self, signum, frame) -> None:
+        name = signal.Signals(signum).name
+        if self._stop_signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # second Ctrl-C: stop now, without a checkpoint
+        self._stop_signal = name
+        with contextlib.suppress(Exception):
+            self._say(
+                f"{name} received: finishing this step, saving a checkpoint and exiting "
+                "(Ctrl-C again to abort without saving)"
+            )
+
+    @contextlib.contextmanager
+    def _signals(self):
+        if not self.install_signal_handlers or threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        old = {s: signal.signal(s, self._handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+
+    # ------------------------------------------------------------------ main
+    def run(self) -> TrainResult:
+        t_start = time.time()
+        cfg, d = self.cfg, self.dist
+        if d.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            ckpt_mod.remove_stale_temps(self.run_dir)
+        barrier()
+        self._setup()
+        resumed = self._try_resume()
+        if d.is_main:
+            ckpt_mod.atomic_write_text(self.run_dir / "config.yaml", _yaml(self.cfg.to_dict()))
+            ckpt_mod.atomic_write_text(self.run_dir / "recipe.yaml", _yaml(self.recipe.to_dict()))
+        self.logger = MetricsLogger(self.run_dir, cfg.log.tensorboard, enabled=d.is_main)
+        if resumed is not None:
+            self.logger.truncate_after(self.step)
+        total = cfg.train.steps
+        self.progress = (
+            Progress(total, self.step, enabled=d.is_main and self.show_progress) if d.is_main else None
+        )
+        self._sample_setup()
+        self.grid_enabled = d.is_main and (not self.source.is_latent or bool(self.source.vae))
+        if d.is_main:
+            n_params = sum(p.numel() for p in self.model.parameters())
+            where = f"resuming from {resumed} (step {self.step})" if resumed else "starting fresh"
+            self._say(
+                f"fasterdit train: {cfg.model.name} ({n_params / 1e6:.2f}M params), recipe {cfg.recipe}, "
+                f"data {cfg.data.source} ({len(self.source)} items), {d.world_size} process(es) on "
+                f"{self.device}, "
+                f"global batch {cfg.train.batch_size} (accum {cfg.train.grad_accum}), "
+                f"{'bf16 autocast' if self.amp_dtype else 'fp32'}; {where}; run dir {self.run_dir}"
+            )
+            self._write_snr_plot()
+
+        self.losses = array("d")
+        self._pending: list = []
+        self._term_names: list[str] = []
+        self._agreed_stop: int | None = None
+        self._int_loss, self._int_n, self._int_terms, self._int_gnorm, self._int_skipped = 0.0, 0, {}, 0.0, 0
+        ckpt_due = False
+        stopped_by = None
+        train_time, train_images = 0.0, 0
+        time_int, img_int = 0.0, 0
+        lg = cfg.log
+        try:
+            with self._signals():
+                while self.step < total:
+                    # stop requests: single process reads its flag; DDP agrees through the lagged stats
+                    if d.distributed:
+                        if self._agreed_stop is not None and self._agreed_stop <= self.step:
+                            stopped_by = self._stop_signal or "signal"
+                            break
+                    elif self._stop_signal:
+                        stopped_by = self._stop_signal
+                        break
+                    t0 = time.time()
+                    vec = self._train_step(self.step)
+                    self.step += 1
+                    self._post(self.step - 1, vec)
+                    self._drain(keep=1)
+                    dt = time.time() - t0
+                    train_time += dt
+                    time_int += dt
+                    train_images += cfg.train.batch_size
+                    img_int += cfg.train.batch_size
+                    if self.progress is not None:
+                        self.progress.update(1)
+                    s = self.step
+                    if s % lg.log_every == 0 or s == total:
+                        self._drain(0)
+                        if d.is_main:
+                            self._write_log(s, time_int, img_int)
+                        time_int, img_int = 0.0, 0
+                    if lg.ckpt_every and s % lg.ckpt_every == 0:
+                        ckpt_due = True
+                    if ckpt_due and s < total:
+                        self._drain(0)
+                        if self.streak == 0:  # never checkpoint in the middle of a non-finite streak
+                            self.save()
+                            ckpt_due = False
+                    if self.grid_enabled and lg.sample_every and s % lg.sample_every == 0 and s < total:
+                        self.sample_grid(self.run_dir / "samples" / f"step-{s:09d}.png")
+                    if cfg.eval.every and s % cfg.eval.every == 0 and d.is_main:
+                        self._evaluate(s)
+                    if self.after_step_hook is not None:
+                        self.after_step_hook(self, s)
+                self._drain(0)
+                if stopped_by is None and self.step >= total:
+                    if self.last_ckpt is None or ckpt_mod.checkpoint_step(self.last_ckpt) != self.step:
+                        self.save()
+                    if d.is_main and (train_images or not (self.run_dir / "samples.png").exists()):
+                        if cfg.eval.every and self.step % cfg.eval.every:
+                            self._evaluate(self.step)
+                        self._finish_outputs()
+                elif stopped_by is not None:
+                    self.save()
+                    self._say(
+                        f"stopped by {stopped_by} at step {self.step}; checkpoint {self.last_ckpt}. "
+                        "Run the same command to resume."
+                    )
+        finally:
+            if self.progress is not None:
+                self.progress.close()
+            self.logger.close()
+        barrier()
+        sps = train_images / train_time if train_time > 0 else float("nan")
+        if d.is_main and stopped_by is None and train_images == 0:
+            self._say(
+                f"the run is already at step {self.step} of {total}: nothing to do (raise train.steps with "
+                f"--set train.steps=N to train further); outputs in {self.run_dir}"
+            )
+        elif d.is_main and stopped_by is None:
+            self._say(
+                f"done: step {self.step}, {self.images_seen} images, {sps:.1f} samples/s (training steps "
+                f"only), {self.skipped_total} skipped steps, {time.time() - t_start:.0f} s; "
+                f"outputs in {self.run_dir}"
+            )
+        return TrainResult(
+            self.run_dir,
+            self.step,
+            self.images_seen,
+            self.last_ckpt,
+            list(self.losses),
+            self.skipped_total,
+            stopped_by,
+            sps,
+            time.time() - t_start,
+        )
+
+
+# ----------------------------------------------------------------------------------------------------
+# small helpers
+# ----------------------------------------------------------------------------------------------------
+
+
+def _fused_supported(device: torch.device) -> bool:
+    """Fused AdamW exists for CUDA, and for CPU in recent torch builds: probe once."""
+    try:
+        p = torch.zeros(1, device=device, requires_grad=True)
+        torch.optim.AdamW([p], fused=True)
+        return True
+    except (RuntimeError, TypeError, ValueError):
+        return False
+
+
+def _total_norm(params: list[torch.Tensor]) -> torch.Tensor:
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    get_total_norm = getattr(torch.nn.utils, "get_total_norm", None)
+    if get_total_norm is not None:
+        return get_total_norm(grads, foreach=True)
+    norms = torch._foreach_norm(grads)
+    return torch.linalg.vector_norm(torch.stack(norms))
+
+
+def _loss_injection(loss_fn) -> set[str]:
+    """Which of t / noise / generator the loss accepts as keyword arguments."""
+    import inspect
+
+    try:
+        params = inspect.signature(
+            loss_fn.__call__ if not hasattr(loss_fn, "forward") else loss_fn.forward
+        ).parameters
+    except (TypeError, ValueError):
+        return {"generator"}
+    names = set(params)
+    has_var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    out = {n for n in ("t", "noise", "generator") if n in names}
+    if has_var_kw and not out:
+        out = {"generator"}
+    return out
+
+
+def _broadcast_path(path: Path | None) -> Path | None:
+    from fasterdit.train.distributed import broadcast_object
+
+    val = broadcast_object(None if path is None else str(path))
+    return None if val is None else Path(val)
+
+
+def _yaml(d: dict[str, Any]) -> str:
+    return yaml.safe_dump(d, sort_keys=False, default_flow_style=None)
+
+
+def train(
+    cfg: RunConfig, run_dir: str | Path, dist_info: DistInfo | None = None, **kwargs: Any
+) -> TrainResult:
+    """Convenience: ``Trainer(cfg, run_dir, dist_info, **kwargs).run()``."""
+    return Trainer(cfg, run_dir, dist_info, **kwargs).run()
+
+
+def load_run_config(run_dir: str | Path) -> RunConfig | None:
+    """The config.yaml a run directory was started with (None when absent)."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        return None
+    return config_from_dict(yaml.safe_load(path.read_text()) or {})
