@@ -290,3 +290,17 @@ def test_patch_size_is_read_through_wrappers():
 
     assert model_patch_size(Wrapper(Official())) == 4
     assert model_patch_size(torch.nn.Linear(1, 1)) is None
+
+
+def test_direction_loss_gradient_is_bounded_at_a_zero_prediction():
+    """A fresh DiT predicts exactly 0: the direction loss must not explode there (≤ 1/(0.01·‖v‖) per token)."""
+    g = torch.Generator().manual_seed(4)
+    v = torch.randn(2, 1, 4, 4, generator=g, dtype=F64)
+    for pred0 in (torch.zeros_like(v), 1e-9 * torch.randn(2, 1, 4, 4, generator=g, dtype=F64)):
+        p = pred0.clone().requires_grad_(True)
+        direction_loss(p, v, "token", patch_size=2).sum().backward()
+        token_norms = v.reshape(2, 1, 2, 2, 2, 2).permute(0, 2, 4, 1, 3, 5).reshape(2, 4, 4).norm(dim=-1)
+        # each token's gradient is at most 1/(0.01·‖v_tok‖); the loss averages 4 disjoint tokens
+        bound = (1.0 / (0.01 * token_norms)).pow(2).sum(1).sqrt() / 4
+        assert torch.isfinite(p.grad).all()
+        assert (p.grad.flatten(1).norm(dim=1) <= bound * (1 + 1e-9)).all()

@@ -103,5 +103,5 @@ def run(args: argparse.Namespace) -> int:
         print(f"skipped {m['skipped']['count']} files: see {args.out / m['skipped']['report']}")
     if m["warnings"]["count"]:
         print(f"{m['warnings']['count']} files used with warnings: see {args.out / m['warnings']['report']}")
-    print(f"next: fasterdit train --config configs/<config>.yaml --set data.path={args.out}")
+    print(f"next: fasterdit train --config configs/<config>.yaml --set data.source={args.out}")
     return 0
