@@ -293,7 +293,7 @@ def test_patch_size_is_read_through_wrappers():
 
 
 def test_direction_loss_gradient_is_bounded_at_a_zero_prediction():
-    """A fresh DiT predicts exactly 0: the direction loss must not explode there (≤ 1/(0.01·‖v‖) per token)."""
+    """A fresh DiT predicts exactly 0: the direction loss must not explode (≤ 1/(0.01·‖v‖) per token)."""
     g = torch.Generator().manual_seed(4)
     v = torch.randn(2, 1, 4, 4, generator=g, dtype=F64)
     for pred0 in (torch.zeros_like(v), 1e-9 * torch.randn(2, 1, 4, 4, generator=g, dtype=F64)):
