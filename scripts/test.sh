@@ -4,5 +4,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh dev
 venv="${FASTERDIT_VENV:-.venv}"
-"$venv/bin/ruff" check src tests benchmarks
+"$venv/bin/ruff" check .
 "$venv/bin/python" -m pytest -q "$@"
