@@ -1,6 +1,7 @@
 """Shared test setup: deterministic, small, single-threaded where it helps on a 2-core machine."""
 
 import os
+import socket
 
 import pytest
 import torch
@@ -13,3 +14,14 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Make any attempt to open a network connection fail: proves a code path works offline."""
+
+    def refuse(*args, **kwargs):
+        raise OSError("network disabled in this test")
+
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket.socket, "connect", refuse)

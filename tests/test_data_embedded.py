@@ -1,6 +1,5 @@
 """The embedded datasets load from installed packages, offline, with a fixed stratified split."""
 
-import socket
 
 import numpy as np
 import pytest
@@ -8,15 +7,6 @@ import torch
 
 from fasterdit.data import EmbeddedDataset, load_embedded, split_indices
 from fasterdit.errors import DataError
-
-
-@pytest.fixture
-def no_network(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise OSError("network disabled in this test")
-
-    monkeypatch.setattr(socket, "create_connection", refuse)
-    monkeypatch.setattr(socket.socket, "connect", refuse)
 
 
 def test_mnist_loads_offline_with_fixed_split(no_network):

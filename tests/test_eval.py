@@ -4,7 +4,6 @@ Inception metrics with a small random TorchScript network standing in for Incept
 from __future__ import annotations
 
 import json
-import socket
 from collections import OrderedDict
 
 import numpy as np
@@ -28,16 +27,6 @@ from fasterdit.eval.standard import (
     standard_metrics,
     write_reference_batch,
 )
-
-
-@pytest.fixture
-def no_network(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise OSError("network disabled in this test")
-
-    monkeypatch.setattr(socket, "create_connection", refuse)
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-
 
 # --- the metric on real data -------------------------------------------------------------------------
 

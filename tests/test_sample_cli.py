@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import socket
-
 import numpy as np
 import pytest
 import torch
@@ -13,16 +11,6 @@ from PIL import Image
 from fasterdit.cli import main
 from fasterdit.models import create_model
 from fasterdit.train import load_model
-
-
-@pytest.fixture
-def no_network(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise OSError("network disabled in this test")
-
-    monkeypatch.setattr(socket, "create_connection", refuse)
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-
 
 SETS = [
     "data.source=digits",
