@@ -89,8 +89,55 @@ def sincos_pos_embed_2d(dim: int, grid_h: int, grid_w: int) -> torch.Tensor:
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """adaLN modulation; shift/scale are (N, 1, D) and broadcast over the tokens."""
-    return x * (1 + scale) + shift
+    """adaLN modulation ``x·(1 + scale) + shift``; shift/scale are (N, 1, D) and broadcast over the tokens.
+
+    One ``addcmul`` instead of a multiply and an add: the same value (up to float rounding) with one
+    pass over the (N, T, D) activations instead of two, in the forward and in the backward.
+    """
+    return torch.addcmul(shift, x, 1 + scale)
+
+
+_GELU_K0 = math.sqrt(2.0 / math.pi)
+_GELU_K1 = _GELU_K0 * 0.044715
+
+
+def _gelu_tanh_inplace(x: torch.Tensor) -> torch.Tensor:
+    """``0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`` in four fused element-wise passes.
+
+    The same function as ``F.gelu(x, approximate="tanh")`` (to float rounding; its error against a
+    float64 reference is no larger), but ~1.6x faster on CPUs where ATen's tanh-GELU kernel is not
+    vectorised as well as ``tanh``/``addcmul`` are.
+    """
+    inner = torch.addcmul(x.new_tensor(_GELU_K0), x, x, value=_GELU_K1)  # K0 + K1·x²
+    inner.mul_(x).tanh_()
+    return torch.addcmul(x, x, inner).mul_(0.5)  # (x + x·tanh(...)) / 2
+
+
+class _TanhGELU(torch.autograd.Function):
+    """Fast forward (:func:`_gelu_tanh_inplace`), ATen's exact tanh-GELU backward."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        return _gelu_tanh_inplace(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (x,) = ctx.saved_tensors
+        return torch.ops.aten.gelu_backward(grad, x, approximate="tanh")
+
+
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    """DiT's GELU (tanh approximation), with the faster element-wise forward on CPU in float32.
+
+    GPUs and other dtypes use ``F.gelu``. ``torch.compile`` traces the same path, so compiled and eager
+    CPU models compute the same function.
+    """
+    if x.device.type != "cpu" or x.dtype != torch.float32:
+        return F.gelu(x, approximate="tanh")
+    if x.requires_grad and torch.is_grad_enabled():
+        return _TanhGELU.apply(x)
+    return _gelu_tanh_inplace(x)
 
 
 class PatchEmbed(nn.Module):
@@ -204,7 +251,7 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
+        return self.fc2(gelu_tanh(self.fc1(x)))  # = self.act, computed faster on CPU (see gelu_tanh)
 
 
 class DiTBlock(nn.Module):
@@ -224,8 +271,9 @@ class DiTBlock(nn.Module):
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         mod = self.adaLN_modulation(c).unsqueeze(1).chunk(6, dim=-1)  # six (N, 1, D)
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mod
-        x = x + gate_msa * self.attn(modulate(self.norm1(x), shift_msa, scale_msa))
-        return x + gate_mlp * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
+        # gated residuals as one addcmul each (x + gate·f), like modulate
+        x = torch.addcmul(x, gate_msa, self.attn(modulate(self.norm1(x), shift_msa, scale_msa)))
+        return torch.addcmul(x, gate_mlp, self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp)))
 
 
 class FinalLayer(nn.Module):

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Run every benchmark, one after another (they must not share the CPU), writing the reports to
+# docs/benchmarks/ and logs to ${LOG_DIR:-/tmp/fasterdit-bench}.
+#
+#   benchmarks/run_all.sh            # full set: ≈ 1.6 h on a quiet 2-core CPU
+#   benchmarks/run_all.sh --quick    # smoke run of every script (≈ 2-3 min), reports to temp dirs
+#
+# The full numbers are only meaningful on an otherwise idle machine: check `cat /proc/loadavg` first.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python}
+LOG_DIR=${LOG_DIR:-/tmp/fasterdit-bench}
+mkdir -p "$LOG_DIR"
+QUICK=()
+[[ "${1:-}" == "--quick" ]] && QUICK=(--quick)
+
+run() {
+  local name=$1; shift
+  echo "== $name $* (load: $(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo n/a))"
+  "$PY" "benchmarks/$name.py" "${QUICK[@]}" "$@" 2>&1 | tee "$LOG_DIR/$name.log"
+}
+
+run throughput --compile
+run convergence
+run sampling_cost
+run std_sweep
