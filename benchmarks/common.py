@@ -24,6 +24,14 @@ from typing import Any
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def shown_path(path: str | Path) -> str:
+    """A path as a report shows it: relative to the repository when inside it (reports are committed)."""
+    p = Path(path).resolve()
+    return str(p.relative_to(REPO)) if p.is_relative_to(REPO) else str(p)
+
+
 DOCS = REPO / "docs" / "benchmarks"
 
 
@@ -127,9 +135,13 @@ def run_config(
     eval_steps: int | None = None,
     log_every: int = 50,
     sample_every: int = 0,
+    ckpt_every: int = 0,
     extra: dict[str, Any] | None = None,
 ):
-    """A validated ``RunConfig`` for the benchmarks: no TensorBoard, no progress bar, one checkpoint."""
+    """A validated ``RunConfig`` for the benchmarks: no TensorBoard, no progress bar, one checkpoint kept.
+
+    ``ckpt_every > 0`` lets an interrupted benchmark resume a run (the trainer resumes exactly).
+    """
     from fasterdit.train.config import config_from_dict
 
     d: dict[str, Any] = {
@@ -142,7 +154,7 @@ def run_config(
         "train": {"steps": steps, "batch_size": batch_size, "ema_decay": ema_decay, "ema_warmup": True},
         "log": {
             "log_every": log_every,
-            "ckpt_every": 0,
+            "ckpt_every": ckpt_every,
             "keep_last": 1,
             "sample_every": sample_every,
             "tensorboard": False,

@@ -83,6 +83,12 @@ class Run:
         return [float(e.get("class_accuracy", math.nan)) for e in self.evals]
 
 
+def resumable(run_dir: Path, cfg: Any, fresh: bool) -> bool:
+    """An interrupted run of the same config: the trainer resumes it exactly from its last checkpoint."""
+    saved = run_dir / "config.yaml"
+    return not fresh and saved.is_file() and yaml.safe_load(saved.read_text()) == cfg.to_dict()
+
+
 def natural_sampler(preset: str) -> str:
     return "ddpm" if preset == "dit" else "euler"
 
@@ -161,6 +167,7 @@ def train_one(args: argparse.Namespace, variant: str, seed: int) -> Run:
         eval_sampler=sampler,
         eval_steps=args.nfe,
         log_every=max(1, min(50, args.eval_every)),
+        ckpt_every=args.eval_every,
         extra={"sample.sampler": sampler, "sample.per_class": 2 if args.quick else 8},
     )
     run_dir = Path(args.runs_dir) / f"{variant}-s{seed}"
@@ -173,8 +180,8 @@ def train_one(args: argparse.Namespace, variant: str, seed: int) -> Run:
             run.samples_per_sec, run.wall, run.reused = prev["samples_per_sec"], prev["wall"], True
             common.log(f"{variant} seed {seed}: reusing the finished run in {run_dir}")
             return run
-    if run_dir.exists():
-        shutil.rmtree(run_dir)  # a different or unfinished benchmark run: start clean
+    if run_dir.exists() and not resumable(run_dir, cfg, args.fresh):
+        shutil.rmtree(run_dir)  # a different benchmark run: start clean
     common.log(f"{variant} seed {seed}: training {args.steps} steps -> {run_dir}")
     t0 = time.time()
     res = Trainer(cfg, run_dir, install_signal_handlers=False, show_progress=False).run()
@@ -393,7 +400,13 @@ def report(args, runs: list[Run], res: dict[str, Any], facts: dict, wall: float,
     L.append("# Convergence: dit vs sit vs fasterdit (and ablations) on the embedded data\n")
     L.append("Command (from the repository root):\n")
     L.append(f"```bash\n{common.command_line(__file__)}\n```\n")
-    L.append(f"Total wall time {wall / 60:.1f} min.\n")
+    n_reused = sum(r.reused for r in runs)
+    L.append(
+        f"This invocation took {wall / 60:.1f} min; {n_reused} of {len(runs)} runs were reused from an "
+        "earlier invocation (a finished run directory with the same config is not retrained). The runs' own "
+        f"wall times (training + every FID evaluation) add up to {sum(r.wall for r in runs) / 60:.1f} min "
+        "(a run that was interrupted and resumed counts only its resumed part).\n"
+    )
     L.append("## Machine\n")
     L.append(common.facts_markdown(facts, common.loadavg()) + "\n")
     L.append("## Setup (identical for every run)\n")
@@ -506,8 +519,11 @@ def report(args, runs: list[Run], res: dict[str, Any], facts: dict, wall: float,
     )
     L.append(
         '\nSteps are read off the seed-mean curves; "≤" means the curve was already below the target at '
-        "its first evaluation. Training samples/s are measured by the trainer (training steps only).\n"
+        "its first evaluation. Training samples/s are the trainer's wall-clock rate over its training "
+        "steps, so they drop whenever anything else shares the CPU (the recipes cost the same per step: "
+        "see [throughput.md](throughput.md) for the measured step speed).\n"
     )
+    L.extend(ablation_reading(args, res))
     L.append("### FID at every evaluation (seed mean)\n")
     by: dict[str, list[Run]] = {}
     for r in runs:
@@ -547,6 +563,56 @@ def report(args, runs: list[Run], res: dict[str, Any], facts: dict, wall: float,
         },
     )
     return md
+
+
+def ablation_reading(args, res: dict[str, Any]) -> list[str]:
+    """What each ablation shows, from the table: steps to dit's final FID relative to fasterdit's."""
+    rows = {r["variant"]: r for r in res["table"]}
+    full = rows.get("fasterdit", {}).get("steps_to_dit")
+    if full is None:
+        return []
+    seeds = [d for d in res["per_seed"].get("dit", []) if d.get("fast_steps")]
+    L = ["### Reading the ablations\n"]
+    if len(seeds) > 1:
+        fs = [d["fast_steps"] for d in seeds]
+        L.append(
+            f"Seed noise first: the {len(fs)} `fasterdit` seeds need {min(fs):.0f}–{max(fs):.0f} steps to "
+            f"reach their dit seed's final FID, a spread of ±{50 * (max(fs) - min(fs)) / full:.0f}% around "
+            "the mean; the ablations have one seed, so differences of that size are not resolved.\n"
+        )
+    what = {
+        "fasterdit-no-dir": "the direction loss",
+        "fasterdit-uniform": "lognorm timestep sampling (uniform t instead)",
+        "fasterdit-no-std": "data-std modulation",
+    }
+    for v, name in what.items():
+        if v not in rows or rows[v].get("steps_to_dit") is None:
+            continue
+        ratio = rows[v]["steps_to_dit"] / full
+        verdict = "costs" if ratio > 1 else "saves"
+        L.append(
+            f"* Without {name}: {rows[v]['steps_to_dit']:.0f} steps to dit's final FID instead of {full:.0f} "
+            f"({ratio:.2f}×: removing it {verdict} {abs(ratio - 1) * 100:.0f}% of the steps); final FID "
+            f"{rows[v]['final_fid']:.3g} vs {rows['fasterdit']['final_fid']:.3g}."
+        )
+    if "fasterdit-no-std" in rows:
+        try:
+            from fasterdit.data.embedded import load_embedded
+
+            images, _ = load_embedded(args.dataset, "train")
+            std, mean = float(images.double().std()), float(images.double().mean())
+            L.append(
+                f"\nOn `{args.dataset}` (pixels in [−1, 1]) the natural mean and std are {mean:.2f} and "
+                f"{std:.3f}; the preset standardises them to 0 and 1, and std → 1 shifts "
+                f"log-SNR by only 2·ln(1/{std:.3f}) = {2 * math.log(1 / std):+.2f}: the modulation barely "
+                "moves the SNR-PDF here, and the ablation cannot show much. Its effect grows "
+                "with the distance of the data's std from the good range, which is what "
+                "[std_sweep.md](std_sweep.md) varies."
+            )
+        except Exception as err:  # the reading is optional; never lose the report over it
+            L.append(f"\n(natural std not measured: {err})")
+    L.append("")
+    return L
 
 
 PAPER_NOTE = """\

@@ -2,7 +2,8 @@
 # Run every benchmark, one after another (they must not share the CPU), writing the reports to
 # docs/benchmarks/ and logs to ${LOG_DIR:-/tmp/fasterdit-bench}.
 #
-#   benchmarks/run_all.sh            # full set: ≈ 1.6 h on a quiet 2-core CPU
+#   benchmarks/run_all.sh            # full set: ≈ 2 h on a quiet 2-core CPU (convergence ≈ 55 min,
+#                                     # std sweep ≈ 45 min, throughput ≈ 10 min, sampling cost ≈ 4 min)
 #   benchmarks/run_all.sh --quick    # smoke run of every script (≈ 2-3 min), reports to temp dirs
 #
 # The full numbers are only meaningful on an otherwise idle machine: check `cat /proc/loadavg` first.

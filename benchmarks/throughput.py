@@ -16,7 +16,11 @@ only, forward + backward = 3 × forward) divided by the measured step time; the 
 of large fp32 ``torch.matmul`` measured in the same run. A ``torch.profiler`` table of the fasterdit step
 shows where the time goes.
 
-    python benchmarks/throughput.py            # full run (≈ 4 min on a quiet 2-core CPU)
+Timings on a shared VM drift by ±10-20 % over minutes, so the variants are measured in interleaved rounds
+(baseline, dit-recipe, fasterdit, compiled; again; again) and each reports its median round, with the
+spread of the rounds beside it: a ratio then compares steps measured a few seconds apart.
+
+    python benchmarks/throughput.py --compile  # full run (≈ 10 min on a quiet 2-core CPU)
     python benchmarks/throughput.py --quick    # ≈ 20 s smoke run; report to a temporary directory
 """
 
@@ -24,12 +28,19 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+# inductor's pool of compile worker processes outlives the compile and was measured to slow the steps
+# timed after it on this 2-core machine: compile in-process so every variant sees the same machine
+os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
+# a fresh compile cache: the first round's first step is the cold compile time a new user pays
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="fasterdit-inductor-"))
 
 import torch
 
@@ -273,6 +284,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--compile", action="store_true", help="also time the fasterdit step with train.compile=true"
     )
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds of every variant (median)")
     p.add_argument("--tag", default="", help="also save the raw numbers as throughput_<tag>.json")
     p.add_argument(
         "--compare", default=None, help="a throughput_<tag>.json of an earlier run (before/after table)"
@@ -300,24 +312,48 @@ def main(argv: list[str] | None = None) -> int:
     common.log(f"peak fp32 matmul {peak_best / 1e9:.1f} GFLOP/s (GFLOP/s by size: {sizes})")
     results: dict[str, dict[str, Any]] = {}
     profiles: dict[str, Any] = {}
+    variants = ["baseline", "dit-recipe", "fasterdit"]
+    if args.compile and not args.quick:
+        variants.append("fasterdit-compiled")
+    rounds = 1 if args.quick else args.rounds
     for label, (model, dataset, batch, steps) in models.items():
-        r: dict[str, Any] = {"model": model, "dataset": dataset, "batch": batch, "steps": steps}
-        r["baseline"] = time_baseline(model, dataset, batch, steps)
-        common.log(
-            f"{label} {model} baseline: {r['baseline']['samples_per_sec']:.1f} samples/s "
-            f"(output diff {r['baseline']['max_output_diff']:.2e})"
-        )
-        r["fasterdit"] = time_trainer(model, dataset, batch, steps, "fasterdit", profile=True)
-        profiles[label] = r["fasterdit"].pop("profile", None)
-        common.log(f"{label} {model} fasterdit step: {r['fasterdit']['samples_per_sec']:.1f} samples/s")
-        r["dit-recipe"] = time_trainer(model, dataset, batch, steps, "dit")
-        common.log(f"{label} {model} dit-recipe step: {r['dit-recipe']['samples_per_sec']:.1f} samples/s")
-        if args.compile and not args.quick:
-            r["fasterdit-compiled"] = time_trainer(model, dataset, batch, steps, "fasterdit", compile_=True)
-            common.log(
-                f"{label} {model} fasterdit compiled: {r['fasterdit-compiled']['samples_per_sec']:.1f} "
-                f"samples/s (first step {r['fasterdit-compiled']['first_step_seconds']:.0f} s)"
-            )
+        per: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
+        for k in range(rounds):
+            for v in variants:
+                if v == "baseline":
+                    m = time_baseline(model, dataset, batch, steps)
+                else:
+                    recipe = "dit" if v == "dit-recipe" else "fasterdit"
+                    m = time_trainer(
+                        model,
+                        dataset,
+                        batch,
+                        steps,
+                        recipe,
+                        compile_=v == "fasterdit-compiled",
+                        profile=v == "fasterdit" and k == 0,
+                    )
+                    if "profile" in m:
+                        profiles[label] = m.pop("profile")
+                per[v].append(m)
+                extra = f" (first step {m['first_step_seconds']:.0f} s)" if v == "fasterdit-compiled" else ""
+                common.log(
+                    f"{label} {model} round {k + 1}/{rounds} {v}: {m['samples_per_sec']:.1f} samples/s{extra}"
+                )
+        r: dict[str, Any] = {
+            "model": model,
+            "dataset": dataset,
+            "batch": batch,
+            "steps": steps,
+            "rounds": rounds,
+        }
+        for v, ms in per.items():
+            order = sorted(range(len(ms)), key=lambda i: ms[i]["samples_per_sec"])
+            med = dict(ms[order[len(ms) // 2]])  # the median round (the upper one of an even count)
+            med["rounds_samples_per_sec"] = [m["samples_per_sec"] for m in ms]
+            med["best_step_time"] = min(m["step_time_min"] for m in ms)  # fastest single step, any round
+            med["first_step_seconds_all"] = [m.get("first_step_seconds", math.nan) for m in ms]
+            r[v] = med
         results[label] = r
     wall = time.time() - t_start
     out = Path(args.out)
@@ -349,9 +385,11 @@ def report(args, raw: dict[str, Any], profiles: dict[str, Any], out: Path) -> Pa
     )
     L.append("## Results\n")
     L.append(
-        "Median over the measured steps (after 3 warm-up steps). FLOP/s = analytic training FLOPs per "
-        "step (`estimate_cost`, matmuls only, 3 × forward) ÷ step time; % peak = that ÷ the best measured "
-        "matmul rate. Ratio = samples/s ÷ the baseline's.\n"
+        "Each variant's step time is the median over its measured steps (after 3 warm-up steps); the "
+        f"variants run in {next(iter(results.values()))['rounds']} interleaved rounds and the table shows "
+        "each one's median round, with every round's samples/s in the last column. FLOP/s = analytic "
+        "training FLOPs per step (`estimate_cost`, matmuls only, 3 × forward) ÷ step time; % peak = that ÷ "
+        "the best measured matmul rate. Ratio = samples/s ÷ the baseline's (both median rounds).\n"
     )
     rows = []
     variants = ("baseline", "dit-recipe", "fasterdit", "fasterdit-compiled")
@@ -370,10 +408,32 @@ def report(args, raw: dict[str, Any], profiles: dict[str, Any], out: Path) -> Pa
                     m["flops_per_sec"] / 1e9,
                     100 * m["flops_per_sec"] / peak_best,
                     f"{m['samples_per_sec'] / base:.2f}×",
+                    " / ".join(f"{x:.4g}" for x in m.get("rounds_samples_per_sec", [])),
+                    m["best_step_time"] * 1e3,
+                    f"{r['baseline']['best_step_time'] / m['best_step_time']:.2f}×",
                 ]
             )
-    L.append(common.md_table(["model", "step", "samples/s", "ms/step", "GFLOP/s", "% peak", "ratio"], rows))
-    L.append("")
+    L.append(
+        common.md_table(
+            [
+                "model",
+                "step",
+                "samples/s",
+                "ms/step",
+                "GFLOP/s",
+                "% peak",
+                "ratio",
+                "rounds (samples/s)",
+                "best ms/step",
+                "ratio (best steps)",
+            ],
+            rows,
+        )
+    )
+    L.append(
+        "\nThe last two columns use the single fastest step of each variant over all rounds: the least "
+        "disturbed measurement of its cost on this machine, and a second estimate of the ratio.\n"
+    )
     L.append(
         "* `baseline`: `benchmarks/baseline_dit.py`, the original DiT's way (unfused softmax attention, "
         "ε-MSE + VB loss, per-parameter AdamW, Python-loop EMA, fp32, no compile). Same network: max "
@@ -388,9 +448,10 @@ def report(args, raw: dict[str, Any], profiles: dict[str, Any], out: Path) -> Pa
     )
     if any("fasterdit-compiled" in r for r in results.values()):
         L.append(
-            "* `fasterdit-compiled`: the same with `train.compile=true` (first-step compile time: "
+            "* `fasterdit-compiled`: the same with `train.compile=true`, which compiles the loss and the "
+            "model as one graph (cold first-step compile time, empty inductor cache: "
             + ", ".join(
-                f"{r['fasterdit-compiled']['first_step_seconds']:.0f} s ({label})"
+                f"{r['fasterdit-compiled']['first_step_seconds_all'][0]:.0f} s ({label})"
                 for label, r in results.items()
                 if "fasterdit-compiled" in r
             )
@@ -428,6 +489,7 @@ def report(args, raw: dict[str, Any], profiles: dict[str, Any], out: Path) -> Pa
         L.append("")
     png = plot(results, peak_best, out / "throughput.png")
     L.append(f"![throughput]({png.name})\n")
+    L.extend(verdict(results, peak_best, profiles))
     for label, prof in profiles.items():
         if prof is None:
             continue
@@ -442,6 +504,69 @@ def report(args, raw: dict[str, Any], profiles: dict[str, Any], out: Path) -> Pa
     md = out / "throughput.md"
     md.write_text("\n".join(L) + "\n")
     return md
+
+
+def verdict(results: dict[str, Any], peak: float, profiles: dict[str, Any]) -> list[str]:
+    """The issue's two targets per model, and the ceiling the profile puts on any further speed-up."""
+    L = ["## Targets\n"]
+    rows = []
+    for label, r in results.items():
+        fast = [v for v in ("fasterdit", "fasterdit-compiled") if v in r]
+        best_variant = max(fast, key=lambda v: r[v]["samples_per_sec"])
+        m, b = r[best_variant], r["baseline"]
+        ratio = m["samples_per_sec"] / b["samples_per_sec"]
+        ratio_best = b["best_step_time"] / m["best_step_time"]
+        frac = m["flops_per_sec"] / peak
+        if min(ratio, ratio_best) >= 1.3:
+            speed_ok = "met"
+        elif max(ratio, ratio_best) >= 1.3:
+            speed_ok = "met by one estimate"
+        else:
+            speed_ok = "not met"
+        ceiling = ""
+        if profiles.get(label) is not None:
+            _, cats, _ = profile_tables(profiles[label])
+            share = next(c[2] for c in cats if c[0].startswith("matmul")) / 100
+            # the matmuls are the same FLOPs in every variant: with all other work free, the eager
+            # fasterdit step could at most get 1/share faster
+            ceiling = f"{1 / share:.2f}× the eager step (matmul {100 * share:.0f}% of it)"
+        rows.append(
+            [
+                f"{label} `{r['model']}`",
+                best_variant,
+                f"{ratio:.2f}× / {ratio_best:.2f}×",
+                speed_ok,
+                f"{100 * frac:.0f}%",
+                "met" if frac >= 0.5 else "not met",
+                ceiling,
+            ]
+        )
+    L.append(
+        common.md_table(
+            [
+                "model",
+                "fastest fasterdit step",
+                "÷ baseline (median / best steps)",
+                "≥ 1.3×",
+                "% of peak matmul",
+                "≥ 50%",
+                "ceiling if all non-matmul work were free",
+            ],
+            rows,
+        )
+    )
+    L.append(
+        "\nWhy the ratio is small on this CPU: the baseline runs the *same* fp32 matmuls (the same "
+        "network, the same shapes), and those are most of a step and already run near the machine's "
+        "matmul peak, so only the rest of the step (element-wise math, copies, attention, optimizer) can "
+        "be made faster, and the last column bounds what that can buy. The levers that make a DiT step "
+        "several times faster on a GPU (flash attention over long sequences, bf16 tensor cores, fused "
+        "kernels replacing launch-bound small ops, CUDA graphs) have no counterpart here: the sequences "
+        "are 16–196 tokens, bf16 is slower than fp32 on this CPU (no AMX), and there is no kernel-launch "
+        "overhead to remove. `train.compile` fuses the element-wise work (loss and model in one graph), "
+        "which pays most on the smallest model, where that work is the largest share.\n"
+    )
+    return L
 
 
 def plot(results: dict[str, Any], peak: float, path: Path) -> Path:

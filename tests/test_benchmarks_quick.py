@@ -180,3 +180,17 @@ def test_sampling_cost_quick(bench, tmp_path):
     heun = [r for r in rows if r["sampler"] == "heun"]
     assert [r["nfe"] for r in heun] == [3.0, 5.0]  # 2·steps − 1
     assert all(math.isfinite(r["fid"]) for r in rows)
+
+
+def test_std_sweep_spearman_matches_scipy(bench):
+    """The sweep's paper check uses its own rank correlation: compare with scipy's, ties included."""
+    from scipy.stats import spearmanr
+
+    sweep = bench("std_sweep")
+    g = torch.Generator().manual_seed(0)
+    a = torch.rand(40, generator=g).tolist()
+    b = [x + 0.5 * y for x, y in zip(a, torch.rand(40, generator=g).tolist())]
+    assert sweep.spearman(a, b) == pytest.approx(spearmanr(a, b).statistic, abs=1e-12)
+    tied_a, tied_b = [1.0, 2.0, 2.0, 3.0, 5.0, 5.0], [0.3, 0.1, 0.2, 0.9, 0.5, 0.7]
+    assert sweep.spearman(tied_a, tied_b) == pytest.approx(spearmanr(tied_a, tied_b).statistic, abs=1e-12)
+    assert sweep.spearman(a, [-x for x in a]) == pytest.approx(-1.0)

@@ -221,11 +221,13 @@ class DiffusionLoss:
         *,
         t: Tensor | None = None,
         noise: Tensor | None = None,
+        model_kwargs: dict[str, Any] | None = None,
     ) -> dict[str, Tensor]:
         """Loss terms for a batch of clean data ``x0`` (data space) with labels ``y``.
 
         ``t`` (in [0, 1]) and ``noise`` (diffusion space) may be given to evaluate the loss at fixed
-        draws; otherwise they come from the recipe's sampler and ``generator``.
+        draws; otherwise they come from the recipe's sampler and ``generator``. ``model_kwargs`` go to
+        the model call (e.g. the trainer's label-dropout mask ``force_drop_ids``).
         """
         r, sched = self.recipe, self.schedule
         x = r.scaling.forward(x0)
@@ -240,7 +242,7 @@ class DiffusionLoss:
         eps = noise.to(x) if noise is not None else _randn(x.shape, generator, x.device, x.dtype)
         x_t = expand_like(sched.alpha(t64), x) * x + expand_like(sched.sigma(t64), x) * eps
 
-        out = model(x_t, r.model_time(t64), y)
+        out = model(x_t, r.model_time(t64), y, **(model_kwargs or {}))
         if out.dtype != x.dtype:
             out = out.to(x.dtype)  # compute the loss in the data's precision, not autocast's
         want = 2 * c if r.learn_sigma else c

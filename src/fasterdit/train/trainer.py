@@ -237,15 +237,27 @@ class Trainer:
                 broadcast_buffers=False,
                 gradient_as_bucket_view=True,
             )
-        if cfg.train.compile:
-            train_model = torch.compile(train_model)
-        self.train_model = train_model
-        self.call = _ModelCall(train_model, model)
-
         from fasterdit.diffusion.losses import DiffusionLoss
 
         self.loss_fn = DiffusionLoss(self.recipe)
         self._loss_injects = _loss_injection(self.loss_fn)
+        # train.compile: on one process the whole loss (noising, DiT, target, MSE, direction cosine) is
+        # one graph, so inductor fuses the loss's element-wise work with the model's (measured ~10% faster
+        # than compiling the model alone, benchmarks/throughput.py); under DDP the module is compiled, so
+        # dynamo's DDP support can split the graph at the gradient buckets.
+        self._compiled_loss: Callable[..., dict[str, torch.Tensor]] | None = None
+        if cfg.train.compile and not d.distributed and {"t", "noise"} <= self._loss_injects:
+            self._compiled_loss = torch.compile(self._loss_terms, backend=cfg.train.compile_backend)
+            # fill the data scaling's per-device constants now: filling them inside the first compiled
+            # call would fail a guard on the second and compile the step twice
+            src = self.source
+            self.loss_fn.recipe.scaling.forward(
+                torch.zeros(1, src.channels, src.resolution, src.resolution, device=dev)
+            )
+        elif cfg.train.compile:
+            train_model = torch.compile(train_model, backend=cfg.train.compile_backend)
+        self.train_model = train_model
+        self.call = _ModelCall(train_model, model)
 
         self.step = 0
         self.images_seen = 0
@@ -255,6 +267,18 @@ class Trainer:
         self.last_ckpt: Path | None = None
         self.gen = torch.Generator(device=dev)
         self._built = True
+
+    def _loss_terms(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        t: torch.Tensor,
+        noise: torch.Tensor,
+        drop: torch.Tensor | None,
+    ) -> dict[str, torch.Tensor]:
+        """One micro-batch's loss terms at the given draws: the function ``train.compile`` compiles."""
+        kwargs = {"force_drop_ids": drop} if drop is not None else None
+        return self.loss_fn(self.train_model, x, y, t=t, noise=noise, model_kwargs=kwargs)
 
     # ------------------------------------------------------------------ resume
     def _try_resume(self) -> Path | None:
@@ -395,7 +419,10 @@ class Trainer:
                 kw["generator"] = self.gen
             with sync_ctx:
                 with self._autocast():
-                    terms = self.loss_fn(self.call, x[rows], y[rows], **kw)
+                    if self._compiled_loss is not None:
+                        terms = self._compiled_loss(x[rows], y[rows], kw["t"], kw["noise"], self.call.drop)
+                    else:
+                        terms = self.loss_fn(self.call, x[rows], y[rows], **kw)
                 if self.loss_hook is not None:
                     terms = self.loss_hook(step, terms)
                 loss = terms["loss"]
