@@ -116,6 +116,22 @@ def setup_torch(threads: int | None = None) -> None:
 # ----------------------------------------------------------------------------------------------------
 
 
+def same_config(saved: Any, cfg: Any) -> bool:
+    """Whether a run directory's saved config dict is ``cfg``, after filling defaults on both sides.
+
+    A field added to ``RunConfig`` later (with a default) must not make every finished benchmark run look
+    different and be retrained: the saved dict is parsed back through ``config_from_dict`` first.
+    """
+    from fasterdit.train.config import config_from_dict
+
+    if not isinstance(saved, dict):
+        return False
+    try:
+        return config_from_dict(saved).to_dict() == cfg.to_dict()
+    except Exception:  # an old config that no longer parses is simply a different run
+        return False
+
+
 def run_config(
     *,
     recipe: str,

@@ -86,7 +86,7 @@ class Run:
 def resumable(run_dir: Path, cfg: Any, fresh: bool) -> bool:
     """An interrupted run of the same config: the trainer resumes it exactly from its last checkpoint."""
     saved = run_dir / "config.yaml"
-    return not fresh and saved.is_file() and yaml.safe_load(saved.read_text()) == cfg.to_dict()
+    return not fresh and saved.is_file() and common.same_config(yaml.safe_load(saved.read_text()), cfg)
 
 
 def natural_sampler(preset: str) -> str:
@@ -175,7 +175,7 @@ def train_one(args: argparse.Namespace, variant: str, seed: int) -> Run:
     done = run_dir / "benchmark_done.yaml"
     if done.is_file() and not args.fresh:
         prev = yaml.safe_load(done.read_text())
-        if prev.get("config") == cfg.to_dict():
+        if common.same_config(prev.get("config"), cfg):
             run.evals = common.read_metrics(run_dir, "eval")
             run.samples_per_sec, run.wall, run.reused = prev["samples_per_sec"], prev["wall"], True
             common.log(f"{variant} seed {seed}: reusing the finished run in {run_dir}")

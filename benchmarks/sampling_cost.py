@@ -282,7 +282,7 @@ def reading(rows: list[dict[str, Any]], n: int) -> list[str]:
     f_ode = ref["fid"]
     L = ["## Reading\n"]
     L.append(
-        f"* The converged probability-flow ODE (dopri5 at tolerance {ref['setting']}, {ref['nfe']} NFE) "
+        f"* The converged probability-flow ODE (dopri5 at tolerance {ref['setting']}, {ref['nfe']:.0f} NFE) "
         f"scores FID {f_ode:.3g}: the model's own number, independent of the solver."
     )
     for name in ("euler", "heun", "dopri5"):
@@ -297,8 +297,8 @@ def reading(rows: list[dict[str, Any]], n: int) -> list[str]:
                 within = rs[i]["nfe"]
                 break
         L.append(
-            f"* {name}: best FID {best['fid']:.3g} at {best['nfe']} NFE"
-            + (f"; within 10% of the converged ODE from {within} NFE on" if within is not None else "")
+            f"* {name}: best FID {best['fid']:.3g} at {best['nfe']:.0f} NFE"
+            + (f"; within 10% of the converged ODE from {within:.0f} NFE on" if within is not None else "")
             + "."
         )
     flow = [r for n in ("euler", "heun") for r in by.get(n, [])]
@@ -306,10 +306,11 @@ def reading(rows: list[dict[str, Any]], n: int) -> list[str]:
         low = min(flow, key=lambda r: r["fid"])
         L.append(
             f"* Coarse Euler/Heun go *below* the converged ODE (best {low['fid']:.3g}, {low['sampler']} at "
-            f"{low['nfe']} NFE): their truncation error pulls samples toward the class modes, raising "
+            f"{low['nfe']:.0f} NFE): their truncation error pulls samples toward the class modes, raising "
             f"precision ({low['precision']:.3f} vs {ref['precision']:.3f}) and lowering recall "
-            f"({low['recall']:.3f} vs {ref['recall']:.3f}). With N = 1000 in a small classifier's feature "
-            "space that trade lowers FID; it is a property of the metric at this scale, not better samples. "
+            f"({low['recall']:.3f} vs {ref['recall']:.3f}). With N = {n} in a small classifier's feature "
+            "space that trade lowers FID, which says more about the metric at this scale than about the "
+            "samples. "
             "Compare recipes at equal NFE with one solver, as convergence.md does."
         )
     if "ddpm (dit)" in by:
@@ -317,7 +318,7 @@ def reading(rows: list[dict[str, Any]], n: int) -> list[str]:
         worse = d["fid"] > f_ode
         L.append(
             f"* The `dit` model (same steps) with its own DDPM sampler reaches at best FID {d['fid']:.3g} "
-            f"({d['nfe']} NFE)"
+            f"({d['nfe']:.0f} NFE)"
             + (
                 f", above the fasterdit model's converged-ODE FID ({f_ode:.3g}): the gap is the training "
                 "recipe, not the sampler."

@@ -120,7 +120,7 @@ def train_one(args, schedule: str, timesteps: str, k: float) -> dict[str, Any]:
     done = run_dir / "benchmark_done.yaml"
     if done.is_file() and not args.fresh:
         prev = yaml.safe_load(done.read_text())
-        if prev.get("config") == cfg.to_dict():
+        if common.same_config(prev.get("config"), cfg):
             return prev["result"]
     if run_dir.exists():
         shutil.rmtree(run_dir)

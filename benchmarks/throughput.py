@@ -557,9 +557,9 @@ def verdict(results: dict[str, Any], peak: float, profiles: dict[str, Any]) -> l
     )
     L.append(
         "\nWhy the ratio is small on this CPU: the baseline runs the *same* fp32 matmuls (the same "
-        "network, the same shapes), and those are most of a step and already run near the machine's "
-        "matmul peak, so only the rest of the step (element-wise math, copies, attention, optimizer) can "
-        "be made faster, and the last column bounds what that can buy. The levers that make a DiT step "
+        "network, the same shapes, the same BLAS kernels), about half of every step (last column), so only "
+        "the other half (element-wise math, copies, attention, optimizer) can be made faster, and the last "
+        "column bounds what that can buy even if it cost nothing. The levers that make a DiT step "
         "several times faster on a GPU (flash attention over long sequences, bf16 tensor cores, fused "
         "kernels replacing launch-bound small ops, CUDA graphs) have no counterpart here: the sequences "
         "are 16–196 tokens, bf16 is slower than fp32 on this CPU (no AMX), and there is no kernel-launch "
