@@ -14,23 +14,9 @@ import torch
 from fasterdit.train import checkpoint as ck
 from fasterdit.train.config import load_config
 from fasterdit.train.trainer import Trainer
+from tiny_run import TINY_RUN
 
-BASE = [
-    "data.source=digits",
-    "model.name=DiT-Mi/2",
-    "train.batch_size=16",
-    "train.threads=1",
-    "optim.lr=1e-3",
-    "optim.warmup_steps=2",
-    "train.ema_decay=0.9",
-    "log.log_every=1",
-    "log.sample_every=0",
-    "sample.steps=2",
-    "sample.per_class=1",
-    "log.tensorboard=false",
-    "log.progress=false",
-    "train.steps=4",
-]
+BASE = [*TINY_RUN, "train.steps=4"]
 
 
 def train(run_dir, *extra: str) -> tuple[Trainer, dict[str, torch.Tensor]]:

@@ -18,23 +18,9 @@ import torch
 from fasterdit.train import checkpoint as ck
 from fasterdit.train.config import load_config
 from fasterdit.train.trainer import Trainer, TrainingAborted
+from tiny_run import TINY_RUN
 
-BASE = [
-    "data.source=digits",
-    "model.name=DiT-Mi/2",
-    "train.batch_size=16",
-    "train.threads=1",
-    "optim.lr=1e-3",
-    "optim.warmup_steps=2",
-    "train.ema_decay=0.9",
-    "log.log_every=1",
-    "log.sample_every=0",
-    "sample.steps=2",
-    "sample.per_class=1",
-    "log.tensorboard=false",
-    "log.progress=false",
-    "log.keep_last=2",
-]
+BASE = [*TINY_RUN, "log.keep_last=2"]
 
 
 def cfg_for(steps: int, *extra: str):
