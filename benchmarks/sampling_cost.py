@@ -124,24 +124,9 @@ def plot(rows: list[dict[str, Any]], floor: float | None, path: Path, title: str
     for name in dict.fromkeys(r["sampler"] for r in rows):
         rs = sorted((r for r in rows if r["sampler"] == name), key=lambda r: r["nfe"])
         ls = ":" if "dit" in name else "-"
-        ax.plot(
-            [r["nfe"] for r in rs],
-            [r["fid"] for r in rs],
-            marker="o",
-            ms=4,
-            ls=ls,
-            color=COLOURS[name],
-            label=name,
-        )
-        ax2.plot(
-            [r["nfe"] for r in rs],
-            [r["class_accuracy"] for r in rs],
-            marker="o",
-            ms=4,
-            ls=ls,
-            color=COLOURS[name],
-            label=name,
-        )
+        for a, key in ((ax, "fid"), (ax2, "class_accuracy")):
+            nfe, val = [r["nfe"] for r in rs], [r[key] for r in rs]
+            a.plot(nfe, val, marker="o", ms=4, ls=ls, color=COLOURS[name], label=name)
     if floor is not None:
         ax.axhline(floor, color="k", lw=0.8, ls="--", label="real images at this N")
     for a in (ax, ax2):

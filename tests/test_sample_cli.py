@@ -82,54 +82,19 @@ def test_sample_png_and_npz(run_dir, tmp_path, no_network):
     )
     img = np.asarray(Image.open(png))
     assert img.ndim == 2 and img.shape[0] > 0
-    npz = tmp_path / "s.npz"
-    assert (
-        main(
-            [
-                "sample",
-                "--ckpt",
-                str(run_dir / "checkpoints"),
-                "--num",
-                "5",
-                "--sampler",
-                "heun",
-                "--steps",
-                "2",
-                "--cfg",
-                "1.5",
-                "--seed",
-                "3",
-                "--out",
-                str(npz),
-            ]
-        )
-        == 0
-    )
+    npz, npz2 = tmp_path / "s.npz", tmp_path / "s2.npz"
+
+    def heun_npz(ckpt, out) -> int:
+        args = ["--num", "5", "--sampler", "heun", "--steps", "2", "--cfg", "1.5", "--seed", "3"]
+        return main(["sample", "--ckpt", str(ckpt), *args, "--out", str(out)])
+
+    assert heun_npz(run_dir / "checkpoints", npz) == 0
     with np.load(npz) as f:
         assert set(f.files) == {"arr_0", "arr_1"}
         assert f["arr_0"].shape == (5, 8, 8, 1) and f["arr_0"].dtype == np.uint8
         assert f["arr_1"].shape == (5,) and f["arr_1"].min() >= 0 and f["arr_1"].max() < 10
-    # same seed -> same samples
-    npz2 = tmp_path / "s2.npz"
-    main(
-        [
-            "sample",
-            "--ckpt",
-            str(run_dir),
-            "--num",
-            "5",
-            "--sampler",
-            "heun",
-            "--steps",
-            "2",
-            "--cfg",
-            "1.5",
-            "--seed",
-            "3",
-            "--out",
-            str(npz2),
-        ]
-    )
+    # same seed -> same samples (the run directory or its checkpoints folder: the same checkpoint)
+    heun_npz(run_dir, npz2)
     with np.load(npz) as a, np.load(npz2) as b:
         assert np.array_equal(a["arr_0"], b["arr_0"])
 
