@@ -313,7 +313,8 @@ def test_cli_eval_checkpoint_writes_valid_json(run_dir, tmp_path, no_network, ca
         == 0
     )
     res2 = _strict_json(out2)
-    assert res2["fid"] == pytest.approx(res["fid"], rel=1e-6)  # float32 features: same up to round-off
+    # float32 features: same up to round-off, which a rank-deficient covariance (20 samples) amplifies
+    assert res2["fid"] == pytest.approx(res["fid"], rel=1e-4)
     assert res2["class_accuracy"] == res["class_accuracy"]
 
 
