@@ -304,3 +304,101 @@ def test_direction_loss_gradient_is_bounded_at_a_zero_prediction():
         bound = (1.0 / (0.01 * token_norms)).pow(2).sum(1).sqrt() / 4
         assert torch.isfinite(p.grad).all()
         assert (p.grad.flatten(1).norm(dim=1) <= bound * (1 + 1e-9)).all()
+
+
+# --- the fasterdit preset against LightningDiT's loss ------------------------------------------------
+def lightningdit_loss_f64(x_lat, noise, t_ours, out_ours, mean, std):
+    """LightningDiT's training loss, written out in numpy float64 in *its* conventions.
+
+    Its latents are normalised ``(x − mean)/std``; its time s runs from noise (s = 0) to data (s = 1),
+    ``x_s = s·x1 + (1 − s)·x0`` with x1 the data and x0 the noise, and its network predicts the
+    velocity ``x1 − x0``. Loss per sample: ``mean_flat((v̂ − v)²) + mean_flat(1 − cos_C(v̂, v))`` with
+    the cosine over the channel dim at each position (``F.cosine_similarity(..., dim=1)``).
+    Our network predicts ε − x at our t = 1 − s, i.e. the negative; the loss must be the same.
+    """
+    x1 = (x_lat - mean[None, :, None, None]) / std[None, :, None, None]
+    x0 = noise
+    s = (1.0 - t_ours)[:, None, None, None]
+    _ = s * x1 + (1.0 - s) * x0  # the input it would see (checked against ours separately)
+    v = x1 - x0
+    v_hat = -out_ours
+    mse = ((v_hat - v) ** 2).mean(axis=(1, 2, 3))
+    dot = (v_hat * v).sum(axis=1)
+    cos = dot / (np.linalg.norm(v_hat, axis=1) * np.linalg.norm(v, axis=1))
+    return (mse + (1.0 - cos).mean(axis=(1, 2))).mean(), (1.0 - cos).mean()
+
+
+def _latents(seed=0, n=5, c=4, hw=8):
+    g = torch.Generator().manual_seed(seed)
+    scale = torch.tensor([5.0, 4.0, 6.5, 3.0], dtype=F64)[:c]  # raw SD-VAE-like latent stds
+    shift = torch.tensor([0.8, -0.3, 0.1, 1.2], dtype=F64)[:c]
+    x = torch.randn(n, c, hw, hw, generator=g, dtype=F64) * scale[None, :, None, None]
+    return x + shift[None, :, None, None], torch.randn(n, c, hw, hw, generator=g, dtype=F64)
+
+
+def test_fasterdit_preset_trains_lightningdits_loss_on_latents():
+    """On 4-channel latents the preset's loss is LightningDiT's: MSE + per-position channel cosine."""
+    x_lat, eps = _latents()
+    mean, std = x_lat.mean((0, 2, 3)), x_lat.std((0, 2, 3))
+    r = get_preset("fasterdit").resolve(mean=mean.tolist(), std=std.tolist()).for_channels(4)
+    assert r.loss.direction_mode == "channel"
+    t = torch.tensor([0.05, 0.3, 0.5, 0.7, 0.95], dtype=F64)
+    out = torch.randn(5, 4, 8, 8, generator=torch.Generator().manual_seed(9), dtype=F64)
+    terms = DiffusionLoss(r)(lambda xt, tm, y: out, x_lat, None, t=t, noise=eps)
+    ref_loss, ref_dir = lightningdit_loss_f64(
+        x_lat.numpy(), eps.numpy(), t.numpy(), out.numpy(), mean.numpy(), std.numpy()
+    )
+    assert float(terms["loss"]) == pytest.approx(ref_loss, rel=1e-12)
+    assert float(terms["direction"]) == pytest.approx(ref_dir, rel=1e-12)
+    # the token form (the former default) is measurably another loss on the same tensors
+    tok = DiffusionLoss(replace_loss(r, direction_mode="token"))
+    other = tok(FixedNet(out), x_lat, None, t=t, noise=eps)["direction"]
+    assert abs(float(other) - ref_dir) > 1e-3
+
+
+class FixedNet:
+    """A network with a DiT's patch size that returns a fixed output."""
+
+    patch_size = 2
+
+    def __init__(self, out):
+        self.out = out
+
+    def __call__(self, xt, tm, y):
+        return self.out
+
+
+def replace_loss(r: Recipe, **kw) -> Recipe:
+    from dataclasses import replace
+
+    return replace(r, loss=replace(r.loss, **kw)).validate()
+
+
+def test_auto_direction_mode_is_token_on_one_channel_and_is_said():
+    r = get_preset("fasterdit")
+    assert r.loss.direction_mode == "auto"
+    assert r.for_channels(1).loss.direction_mode == "token"
+    assert r.for_channels(3).loss.direction_mode == "channel"
+    assert "LightningDiT" in r.loss.describe(4) and "[channel" in r.loss.describe(4)
+    assert "no gradient" in r.loss.describe(1) and "[token" in r.loss.describe(1)
+    # on 1-channel data auto is the token loss, with the model's patch size
+    x0, eps = _latents(c=1)
+    t = torch.full((5,), 0.4, dtype=F64)
+    out = torch.randn(5, 1, 8, 8, dtype=F64, generator=torch.Generator().manual_seed(2))
+    fixed = r.resolve(x0)
+    a = DiffusionLoss(fixed)(FixedNet(out), x0, None, t=t, noise=eps)["direction"]
+    b = DiffusionLoss(replace_loss(fixed, direction_mode="token"))(FixedNet(out), x0, None, t=t, noise=eps)
+    assert float(a) == float(b["direction"])
+
+
+@pytest.mark.parametrize("config", ["imagenet256-dit-xl2", "imagenet256-dit-b2"])
+def test_imagenet_configs_train_the_reference_direction_loss(config):
+    from pathlib import Path
+
+    from fasterdit.train.build import ShapeOnly, build_recipe, resolve_recipe_on_data
+    from fasterdit.train.config import load_config
+
+    path = Path(__file__).resolve().parents[1] / "configs" / f"{config}.yaml"
+    cfg = load_config(str(path))
+    recipe = resolve_recipe_on_data(build_recipe(cfg), ShapeOnly(cfg))
+    assert recipe.loss.direction_weight == 1.0 and recipe.loss.direction_mode == "channel"

@@ -57,7 +57,7 @@ def test_preset_contents():
         "lognorm",
         {"m": 0.0, "s": 1.0},
     )
-    assert f.loss.direction_weight == 1.0 and f.loss.direction_mode == "token"
+    assert f.loss.direction_weight == 1.0 and f.loss.direction_mode == "auto"
     assert f.scaling.mode == "channel" and f.scaling.target_std == 1.0
 
 

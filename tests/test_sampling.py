@@ -176,7 +176,14 @@ def test_fixed_step_nfe_counts():
     fn = gaussian_fn(sched, "velocity")
     g = torch.Generator().manual_seed(0)
     assert euler(fn, x1, sched, "velocity", steps=7).nfe == 7
-    assert heun(fn, x1, sched, "velocity", steps=7).nfe == 2 * 7 - 1
+    assert heun(fn, x1, sched, "velocity", steps=7).nfe == 2 * 7  # full Heun step into t = 0
+    assert heun(fn, x1, sched, "velocity", steps=7, last_step="x0").nfe == 2 * 7 - 1
+    vp = get_schedule("ddpm-linear")  # no finite velocity at t = 0: an EDM-style last step
+    assert heun(gaussian_fn(vp, "eps"), x1, vp, "eps", steps=7).nfe == 2 * 7 - 1
+    with pytest.raises(ConfigError, match="no finite velocity"):
+        heun(gaussian_fn(vp, "eps"), x1, vp, "eps", steps=7, last_step="heun")
+    with pytest.raises(ConfigError, match="last_step"):
+        euler(fn, x1, sched, "velocity", steps=7, last_step="jump")
     assert euler_maruyama(fn, x1, sched, "velocity", steps=7, generator=g).nfe == 7
     assert ddim(fn, x1, sched, "velocity", steps=7).nfe == 7
     dsched = get_schedule("ddpm-linear")
@@ -223,10 +230,13 @@ def test_euler_maruyama_without_diffusion_is_euler():
     sched = get_schedule("flow-cosine")
     x1 = noise(32)
     fn = gaussian_fn(sched, "v")
-    a = euler_maruyama(fn, x1, sched, "v", steps=20, diffusion="none", last_step="x0", return_trajectory=True)
-    b = euler(fn, x1, sched, "v", steps=20, return_trajectory=True)
-    for xa, xb in zip(a.trajectory, b.trajectory):
-        torch.testing.assert_close(xa, xb, rtol=1e-12, atol=1e-12)
+    for last in ("x0", "euler"):
+        a = euler_maruyama(
+            fn, x1, sched, "v", steps=20, diffusion="none", last_step=last, return_trajectory=True
+        )
+        b = euler(fn, x1, sched, "v", steps=20, last_step=last, return_trajectory=True)
+        for xa, xb in zip(a.trajectory, b.trajectory):
+            torch.testing.assert_close(xa, xb, rtol=1e-12, atol=1e-12)
 
 
 # --- DDIM --------------------------------------------------------------------------------------------
@@ -479,7 +489,7 @@ def test_sample_with_cfg_counts_pairs_once_and_inverts_scaling():
     x1 = torch.randn(3, 2, 4, 4, generator=torch.Generator().manual_seed(0))
     y = torch.tensor([0, 1, 2])
     res = sample(model, recipe, x1, y=y, sampler="heun", steps=6, cfg_scale=2.0, return_trajectory=True)
-    assert res.nfe == 11 and len(model.calls) == 11
+    assert res.nfe == 12 and len(model.calls) == 12  # Heun: 2N, each guided pair one call
     assert all(n == 6 for n, _, _ in model.calls)  # every call a doubled CFG batch
     torch.testing.assert_close(res.x, recipe.scaling.inverse(res.trajectory[-1]))
     # the same run through the bare sampler with the guided model function
@@ -564,3 +574,45 @@ def test_guidance_matches_the_dit_models_own_cfg_forward():
                 torch.cat([x, x]), tm, torch.cat([y, torch.full_like(y, 10)]), 4.0, channels
             )
             torch.testing.assert_close(mine, ref[:3], rtol=1e-12, atol=1e-12)
+
+
+# --- against the references' integrators -------------------------------------------------------------
+@pytest.mark.parametrize("sched_name", ["flow-linear", "flow-cosine"])
+@pytest.mark.parametrize("steps", [1, 4, 10])
+def test_heun_is_torchdiffeqs_fixed_grid_heun2(sched_name, steps):
+    """SiT's Heun sampler is torchdiffeq's ``heun2`` on a fixed grid: the same method to round-off."""
+    from torchdiffeq import odeint
+
+    sched = get_schedule(sched_name)
+    x1 = noise(16, seed=3)
+    fn = gaussian_fn(sched, "velocity")
+    grid = torch.linspace(1.0, 0.0, steps + 1, dtype=F64)
+    calls = []
+    ref = odeint(lambda t, x: fn(x, t.expand(x.shape[0])), x1, grid, method="heun2")[-1]
+    res = heun(gaussian_fn(sched, "velocity", calls), x1, sched, "velocity", steps=steps)
+    torch.testing.assert_close(res.x, ref, rtol=1e-10, atol=1e-10)
+    assert res.nfe == len(calls) == 2 * steps and min(calls) == 0.0
+
+
+@pytest.mark.parametrize("sched_name", ["flow-linear", "flow-cosine"])
+def test_euler_is_sits_euler_ode(sched_name):
+    """SiT's ODE sampler with ``euler`` in SiT's own time s = 1 − t (s = 0 noise, s = 1 data), float64:
+    ``x ← x + Δs·v_SiT(x, s)`` on ``linspace(0, 1, N + 1)`` with ``v_SiT = dx/ds = −dx/dt``. GVP
+    (flow-cosine) is the path where a final jump to x̂₀ would differ from it."""
+    sched = get_schedule(sched_name)
+    x1 = noise(16, seed=4)
+    fn = gaussian_fn(sched, "velocity")
+    n = 10
+    s_grid = np.linspace(0.0, 1.0, n + 1)
+    x = x1.clone()
+    for k in range(n):
+        s_k = float(s_grid[k])
+        v_sit = -fn(x, torch.full((16,), 1.0 - s_k, dtype=F64))
+        x = x + (float(s_grid[k + 1]) - s_k) * v_sit
+    res = euler(fn, x1, sched, "velocity", steps=n)
+    torch.testing.assert_close(res.x, x, rtol=1e-12, atol=1e-12)
+    jump = euler(fn, x1, sched, "velocity", steps=n, last_step="x0")
+    if sched_name == "flow-cosine":
+        assert float((jump.x - x).abs().max()) > 1e-3  # the jump is another method there
+    else:
+        torch.testing.assert_close(jump.x, x, rtol=1e-12, atol=1e-12)  # flow-linear: the same step

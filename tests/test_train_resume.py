@@ -161,7 +161,8 @@ def test_disk_full_while_saving_names_the_problem_and_keeps_previous(tmp_path, m
         raise OSError(28, "No space left on device", str(path))
 
     monkeypatch.setattr(ck, "_save_torch", full)
-    with pytest.raises(ck.CheckpointError, match=r"No space left on device.*step-000000002 is intact"):
+    full_msg = r"no space left on .* writing \S*step-000000004/state\.pt: [\d.]+ MB needed, [\d.]+ MB free"
+    with pytest.raises(ck.CheckpointError, match=full_msg + r".*step-000000002 is intact"):
         run(tmp_path, 4, "log.ckpt_every=2")
     latest = ck.latest_checkpoint(tmp_path)
     assert ck.checkpoint_step(latest) == 2

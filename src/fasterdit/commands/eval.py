@@ -2,16 +2,21 @@
 
 Examples::
 
-    fasterdit eval --ckpt runs/demo --num 1000 --steps 20 --out metrics.json
+    fasterdit eval --ckpt runs/demo --num-samples 1000 --steps 20 --out metrics.json
     fasterdit eval --samples-npz samples.npz --dataset mnist
-    fasterdit eval --ckpt DiT-XL-2-256x256.pt --num 50000 --steps 250 --cfg 1.5 \\
-        --reference-npz VIRTUAL_imagenet256_labeled.npz --inception inception-2015-12-05.pt
+    torchrun --nproc_per_node 8 -m fasterdit eval --ckpt DiT-XL-2-256x256.pt --num-samples 50000 \\
+        --steps 250 --cfg 1.5 --reference-npz VIRTUAL_imagenet256_labeled.npz \\
+        --inception inception-2015-12-05.pt --save-samples samples.npz
 
 On the embedded datasets (mnist, digits) it reports the offline metrics of fasterdit.eval (FID in
 the shipped digit classifier's features, class accuracy, precision/recall) against a fixed real
 reference split; with ``--reference-npz`` and ``--inception`` it adds the standard Inception metrics
 (FID, sFID, IS, precision, recall) against an ADM-format reference batch. Every number comes with its
 sample count and reference set: compare FIDs only at equal N.
+
+With ``--ckpt`` the samples come from the same distributed, resumable job as ``fasterdit sample``
+(every rank samples its share; rank 0 computes the metrics). They are kept in ``--save-samples``,
+else in ``OUT.samples.npz``, which is removed once the metrics are written.
 """
 
 from __future__ import annotations
@@ -23,6 +28,13 @@ import os
 from pathlib import Path
 from typing import Any
 
+from fasterdit.commands._sampling import (
+    add_sampling_arguments,
+    build_settings,
+    check_counts,
+    print_dry_run,
+    run_job,
+)
 from fasterdit.errors import ConfigError, UserError
 
 HELP = "Evaluate a checkpoint or a samples .npz: FID, class accuracy, precision/recall (+ Inception metrics)."
@@ -35,16 +47,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--samples-npz", metavar="PATH", help="saved samples: ADM-style .npz (uint8 NHWC arr_0, labels arr_1)"
     )
     s = p.add_argument_group("sampling (with --ckpt)")
-    s.add_argument("--num", type=int, default=1000, help="number of samples (default 1000)")
-    s.add_argument("--sampler", help="euler, heun, dopri5, euler-maruyama, ddpm, ddim (default: the run's)")
-    s.add_argument("--steps", type=int, help="sampling steps (default: the run's eval/sample steps)")
-    s.add_argument("--cfg", type=float, help="guidance scale (default: the run's eval scale, else 1)")
-    s.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
-    s.add_argument("--batch-size", type=int, default=250, help="samples per batch (default 250)")
-    s.add_argument("--device", default="auto", help="auto, cpu, cuda (default auto)")
-    s.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
-    s.add_argument("--vae", help="VAE for latent models with --reference-npz (default: the run's)")
-    s.add_argument("--save-samples", metavar="NPZ", help="also write the samples as an ADM-style .npz")
+    add_sampling_arguments(s, num=1000, batch=250)
+    s.add_argument("--save-samples", metavar="NPZ", help="keep the samples as an ADM-style .npz (+ .json)")
     src.add_argument(
         "--no-labels", action="store_true", help="ignore arr_1 (samples of an unconditional model)"
     )
@@ -95,96 +99,105 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def run(args: argparse.Namespace) -> int:
-    import numpy as np
-    import torch
-
-    from fasterdit.data import INFO
-    from fasterdit.eval.evaluate import evaluate_samples, generate_samples
-    from fasterdit.eval.standard import load_inception, load_samples_npz, standard_metrics
-    from fasterdit.train.distributed import resolve_device
+def _check_args(args: argparse.Namespace) -> Path:
+    """Every flag checked and every output path proven writable before any sampling."""
+    from fasterdit.train.cli_checks import check_sampling_args, prepare_output
 
     if bool(args.ckpt) == bool(args.samples_npz):
         raise UserError("give exactly one of --ckpt (sample a model) or --samples-npz (saved samples)")
-    if args.num < 2:
-        raise ConfigError("--num", f"must be >= 2, got {args.num}")
+    check_counts(args, 2)
     if args.reference_npz and not Path(args.reference_npz).is_file():
         raise ConfigError("--reference-npz", f"file not found: {args.reference_npz}")
     out_path = Path(args.out)
     if out_path.suffix.lower() != ".json":
         raise ConfigError("--out", f"must end in .json, got {out_path.name!r}")
+    if args.save_samples and Path(args.save_samples).suffix.lower() != ".npz":
+        raise ConfigError("--save-samples", f"must end in .npz, got {Path(args.save_samples).name!r}")
+    check_sampling_args(args.steps, args.cfg)
+    if args.dry_run:
+        return out_path
+    out_path = prepare_output(out_path, "--out")
+    if args.save_samples:
+        args.save_samples = str(prepare_output(args.save_samples, "--save-samples"))
+    return out_path
 
-    device = resolve_device(args.device)
-    extractor = None
-    if args.reference_npz:  # load it first: a missing Inception file should fail before sampling
-        extractor = load_inception(args.inception, device=device, download=args.download_inception)
 
-    result: dict[str, Any] = {}
-    if args.samples_npz:
-        images, labels = load_samples_npz(args.samples_npz)
-        dataset = args.dataset or "mnist"
-        result["samples_npz"] = str(args.samples_npz)
-        x = torch.from_numpy(images)
-        y = None if labels is None or args.no_labels else torch.from_numpy(labels)
+def _eval_defaults(args: argparse.Namespace, lm: Any) -> tuple[str, int, float]:
+    """Sampler, steps and guidance of an evaluation: the flags, else the run's eval settings, else the
+    checkpoint family's (official DiT/SiT: their papers' FID setting, cfg 1.5)."""
+    from fasterdit.train.build import recipe_sampler
+
+    official, d = lm.official, lm.sampling
+    ev, sc = lm.cfg.eval, lm.cfg.sample
+    run_sampler = d.sampler if official else (ev.sampler or sc.sampler)
+    sampler = args.sampler or run_sampler or recipe_sampler(lm.recipe)
+    steps = args.steps or (d.steps if official else (ev.steps or sc.steps))
+    if args.cfg is not None:
+        cfg_scale = args.cfg
+    elif official:
+        cfg_scale = 1.5  # the DiT and SiT papers' FID setting
     else:
-        from fasterdit.train.build import recipe_sampler
-        from fasterdit.train.loading import load_trained
+        cfg_scale = ev.cfg_scale if ev.cfg_scale is not None else 1.0
+    return sampler, steps, float(cfg_scale)
 
-        lm = load_trained(args.ckpt, ema=not args.no_ema, device=device)
-        official = lm.source == "official"
-        ev, sc = lm.cfg.eval, lm.cfg.sample
-        run_sampler = "ddpm" if official else (ev.sampler or sc.sampler)
-        sampler = args.sampler or run_sampler or recipe_sampler(lm.recipe)
-        steps = args.steps or (250 if official else (ev.steps or sc.steps))
-        if args.cfg is not None:
-            cfg_scale = args.cfg
-        elif official:
-            cfg_scale = 1.5  # the DiT paper's FID setting
-        else:
-            cfg_scale = ev.cfg_scale if ev.cfg_scale is not None else 1.0
-        dataset = args.dataset or str(lm.cfg.data.source)
-        decode = None
-        if lm.data.get("is_latent"):
-            if not args.reference_npz:
-                raise UserError(
-                    "a latent-space model: the offline metrics need a pixel model of an embedded dataset; "
-                    "pass --reference-npz and --inception for the standard metrics"
-                )
-            from fasterdit.data.vae import decode as vae_decode
-            from fasterdit.data.vae import load_vae
 
-            vae_id = args.vae or lm.data.get("vae")
-            if not vae_id:
-                raise UserError("this latent model's run records no VAE: pass --vae ID_OR_PATH")
-            vae = load_vae(vae_id, device=device)
+def _sample_checkpoint(args: argparse.Namespace, dist: Any, out_path: Path) -> dict[str, Any] | None:
+    """Sample with every rank; on rank 0 the samples file and what to record about it, else None."""
+    from fasterdit.train.loading import load_trained
 
-            def decode(z: torch.Tensor) -> torch.Tensor:
-                return vae_decode(vae, z, batch_size=16).clamp(-1, 1)
-
-        print(
-            f"sampling {args.num} images: {sampler}, {steps} steps, cfg {cfg_scale}, seed {args.seed}",
-            flush=True,
+    lm = load_trained(args.ckpt, ema=not args.no_ema, device=dist.device, family=args.family)
+    if lm.data.get("is_latent") and not args.reference_npz:
+        raise UserError(
+            "a latent-space model: the offline metrics need a pixel model of an embedded dataset; "
+            "pass --reference-npz and --inception for the standard metrics"
         )
-        gen = generate_samples(
-            lm.model, lm.recipe, args.num, sampler=sampler, steps=steps, cfg_scale=cfg_scale,
-            batch_size=args.batch_size, seed=args.seed, device=device, decode=decode, progress=True,
-        )  # fmt: skip
-        x, y = gen.images.clamp(-1, 1), gen.labels
-        result.update(
-            checkpoint=str(lm.path), step=lm.step, sampler=gen.sampler, steps=gen.steps, nfe=gen.nfe,
-            cfg_scale=float(cfg_scale), seed=args.seed, sample_seconds=round(gen.seconds, 3),
-        )  # fmt: skip
-        if args.save_samples:
-            from fasterdit.viz import to_uint8
+    sampler, steps, cfg_scale = _eval_defaults(args, lm)
+    # the offline metrics measure class accuracy per class: balanced labels unless asked otherwise;
+    # the ImageNet protocol (DiT's sample_ddp.py) draws uniform random classes
+    balanced = args.balanced if args.balanced is not None else not args.reference_npz
+    settings = build_settings(
+        args, lm, sampler=sampler, steps=steps, cfg_scale=cfg_scale,
+        label_mode="balanced" if balanced else "uniform",
+    )  # fmt: skip
+    if args.dry_run:
+        if dist.is_main:
+            print_dry_run(lm, settings, args)
+        return None
+    if dist.is_main:
+        print(f"sampling {args.num} images: {sampler}, {steps} steps, cfg {cfg_scale}, seed {args.seed}")
+    samples = (
+        Path(args.save_samples) if args.save_samples else out_path.with_name(out_path.stem + ".samples.npz")
+    )
+    res = run_job(args, lm, settings, samples, dist)
+    if not dist.is_main:
+        return None
+    return {
+        "samples": samples,
+        "dataset": args.dataset or str(lm.cfg.data.source),
+        "record": dict(
+            checkpoint=str(lm.path), step=lm.step, sampler=sampler, steps=steps, nfe=res.nfe,
+            cfg_scale=cfg_scale, guidance_interval=settings.guidance_interval, seed=args.seed,
+            label_mode=settings.label_mode, sample_seconds=round(res.seconds, 3), world_size=dist.world_size,
+        ),
+    }  # fmt: skip
 
-            lab = (y if y is not None else torch.zeros(len(x), dtype=torch.long)).numpy().astype(np.int64)
-            np.savez(args.save_samples, arr_0=to_uint8(x), arr_1=lab)
-            result["samples_npz"] = str(args.save_samples)
 
+def _metrics(args: argparse.Namespace, samples: Path, dataset: str, extractor: Any) -> dict[str, Any]:
+    """Offline metrics (embedded datasets) and/or the standard ones (--reference-npz) of a samples file."""
+    import torch
+
+    from fasterdit.data import INFO
+    from fasterdit.eval.evaluate import evaluate_samples
+    from fasterdit.eval.standard import load_samples_npz, standard_metrics
+
+    images, labels = load_samples_npz(samples)
+    x = torch.from_numpy(images)
+    y = None if labels is None or args.no_labels else torch.from_numpy(labels)
+    result: dict[str, Any] = {}
     embedded = dataset in INFO
     if embedded:
         info = INFO[dataset]
-        res = tuple(x.shape[1:3]) if x.dtype == torch.uint8 else tuple(x.shape[-2:])
+        res = tuple(x.shape[1:3])
         if res != (info.resolution, info.resolution):
             if not args.reference_npz:
                 raise UserError(
@@ -203,10 +216,43 @@ def run(args: argparse.Namespace) -> int:
     if extractor is not None:
         std = standard_metrics(x, args.reference_npz, extractor, recompute_reference=args.recompute_reference)
         result["standard"] = std
-    _write_json(out_path, result)
-    if "summary" in result:
-        print(result["summary"])
-    if "standard" in result:
-        print(result["standard"]["summary"])
-    print(f"wrote {out_path}")
-    return 0
+    return result
+
+
+def run(args: argparse.Namespace) -> int:
+    from fasterdit.eval.sample_job import sidecar_path
+    from fasterdit.eval.standard import load_inception
+    from fasterdit.train.distributed import cleanup, init_distributed
+
+    out_path = _check_args(args)
+    dist = init_distributed(args.device)
+    try:
+        extractor = None
+        if args.reference_npz and dist.is_main and not args.dry_run:
+            # loaded first: a missing Inception file must fail before hours of sampling
+            extractor = load_inception(args.inception, device=dist.device, download=args.download_inception)
+        result: dict[str, Any] = {}
+        if args.samples_npz:
+            if not dist.is_main:
+                return 0
+            samples, dataset = Path(args.samples_npz), args.dataset or "mnist"
+        else:
+            job = _sample_checkpoint(args, dist, out_path)
+            if job is None:
+                return 0
+            samples, dataset = job["samples"], job["dataset"]
+            result.update(job["record"])
+        result["samples_npz"] = str(samples) if args.samples_npz or args.save_samples else None
+        result.update(_metrics(args, samples, dataset, extractor))
+        _write_json(out_path, result)
+        if args.ckpt and not args.save_samples:  # the samples were a means, not an output
+            samples.unlink(missing_ok=True)
+            sidecar_path(samples).unlink(missing_ok=True)
+        if "summary" in result:
+            print(result["summary"])
+        if "standard" in result:
+            print(result["standard"]["summary"])
+        print(f"wrote {out_path}")
+        return 0
+    finally:
+        cleanup()

@@ -1,23 +1,39 @@
-"""``fasterdit sample``: samples of a checkpoint (ours or an official DiT ``.pt``) as a PNG grid or an
-ADM-style ``.npz`` (uint8 NHWC images under ``arr_0``, labels under ``arr_1``; what FID tools read).
+"""``fasterdit sample``: samples of a checkpoint (ours or an official DiT/SiT ``.pt``) as a PNG grid or an
+ADM-style ``.npz`` (uint8 NHWC images under ``arr_0``, int64 labels under ``arr_1``; what FID tools read).
 
 Examples::
 
-    fasterdit sample --ckpt runs/demo --num 100 --labels 0,1,2,3,4,5,6,7,8,9 --out grid.png
-    fasterdit sample --ckpt runs/demo --num 1000 --sampler heun --steps 25 --out samples.npz
-    fasterdit sample --ckpt DiT-XL-2-256x256.pt --vae mse --sampler ddpm --steps 250 --cfg 4 --labels 207,360
+    fasterdit sample --ckpt runs/demo --num-samples 100 --labels 0,1,2,3,4,5,6,7,8,9 --out grid.png
+    fasterdit sample --ckpt runs/demo --num-samples 1000 --sampler heun --steps 25 --out samples.npz
+    torchrun --nproc_per_node 8 -m fasterdit sample --ckpt DiT-XL-2-256x256.pt --num-samples 50000 \\
+        --sampler ddpm --steps 250 --cfg 1.5 --out samples.npz          # FID-50K, resumable
+    fasterdit sample --ckpt DiT-XL-2-256x256.pt --num-samples 50000 --cfg 1.5 --out s.npz --dry-run
+
+An ``.npz`` is written by a sampling job (:mod:`fasterdit.eval.sample_job`): sample i's noise and
+label depend only on (seed, i), so the file is the same for any number of processes and any batch
+size; finished batches are kept in ``OUT.work/`` and a rerun resumes; ``OUT.json`` records how the
+samples were made. A PNG grid is sampled in this process.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-import time
 from pathlib import Path
 
-from fasterdit.errors import ConfigError, UserError
+from fasterdit.commands._sampling import (
+    add_sampling_arguments,
+    build_settings,
+    check_counts,
+    parse_labels,
+    print_dry_run,
+    run_job,
+    summary,
+    vae_id,
+)
+from fasterdit.errors import ConfigError
 
-HELP = "Sample a checkpoint (ours or an official DiT .pt) to a PNG grid or an ADM-style .npz."
+HELP = "Sample a checkpoint (ours or an official DiT/SiT .pt) to a PNG grid or an ADM-style .npz."
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -25,157 +41,92 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--ckpt",
         required=True,
         metavar="PATH",
-        help="run dir, checkpoint dir, or an official DiT checkpoint (.pt)",
+        help="run dir, checkpoint dir, or an official DiT or SiT checkpoint (.pt)",
     )
-    p.add_argument("--num", type=int, default=64, help="number of samples (default 64)")
-    p.add_argument("--sampler", help="euler, heun, dopri5, euler-maruyama, ddpm, ddim (default: the run's)")
-    p.add_argument("--steps", type=int, help="sampling steps (default: the run's; official: 250)")
-    p.add_argument(
-        "--cfg", type=float, help="classifier-free guidance scale (default: the run's; official: 4)"
-    )
+    p.add_argument("--out", required=True, metavar="FILE", help="grid.png or samples.npz")
+    add_sampling_arguments(p, num=64, batch=256)
     p.add_argument(
         "--labels",
         metavar="L,L,...",
-        help="class labels; each gets an equal share of --num, one grid row per label "
-        "(default: every class for a PNG of <= 10 classes, else uniform random)",
-    )
-    p.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
-    p.add_argument("--out", required=True, metavar="FILE", help="grid.png or samples.npz")
-    p.add_argument("--batch-size", type=int, default=256, help="samples per forward batch (default 256)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda (default auto)")
-    p.add_argument(
-        "--vae", help="VAE for latent models: hub id, local folder, or ema/mse (default: the run's)"
-    )
-    p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
-    p.add_argument(
-        "--guide-channels",
-        type=int,
-        help="guide only the first N channels (3 reproduces the official DiT sampler)",
+        help="class labels; each gets an equal share of the samples, one grid row per label "
+        "(default: every class for a PNG of <= 10 classes, else uniform random; see --balanced)",
     )
     p.add_argument("--nrow", type=int, help="PNG: images per row (default: samples per label)")
 
 
-def _labels(args, num_classes: int, for_png: bool, generator) -> tuple:
-    import torch
-
-    n = args.num
-    if num_classes <= 0:
-        if args.labels:
-            raise ConfigError("--labels", "this model is unconditional")
-        return None, None
-    if args.labels:
-        try:
-            chosen = [int(v) for v in args.labels.replace(" ", "").split(",") if v != ""]
-        except ValueError:
-            raise ConfigError("--labels", f"expected comma-separated integers, got {args.labels!r}") from None
-        bad = [c for c in chosen if not 0 <= c < num_classes]
-        if not chosen or bad:
-            raise ConfigError("--labels", f"labels must be in 0..{num_classes - 1}, got {bad or chosen}")
-    elif for_png and num_classes <= 10:
-        chosen = list(range(num_classes))
-    else:
-        return torch.randint(0, num_classes, (n,), generator=generator), None
-    per = math.ceil(n / len(chosen))
-    y = torch.tensor([c for c in chosen for _ in range(per)][:n], dtype=torch.long)
-    return y, per
+def _label_mode(args: argparse.Namespace, num_classes: int, png: bool) -> tuple[str, tuple[int, ...] | None]:
+    given = parse_labels(args.labels)
+    if given:
+        return "given", given
+    if png and 0 < num_classes <= 10:
+        return "given", tuple(range(num_classes))
+    return ("balanced" if args.balanced else "uniform"), None
 
 
-def run(args: argparse.Namespace) -> int:
+def _grid(lm, settings, out: Path, nrow: int | None, batch_size: int, device, vae: str | None) -> None:
+    """A PNG grid, sampled in this process with the same per-index noise as a job."""
     import numpy as np
     import torch
 
-    from fasterdit.diffusion.sampling import sample
-    from fasterdit.train.build import recipe_sampler
-    from fasterdit.train.distributed import resolve_device
+    from fasterdit.eval.sample_job import sample_range
+    from fasterdit.viz import save_image_grid
+
+    decode = None
+    if vae is not None:
+        from fasterdit.data.vae import decode as vae_decode
+        from fasterdit.data.vae import load_vae
+
+        net = load_vae(vae, device=device)
+
+        def decode(z):
+            return vae_decode(net, z, batch_size=16)
+
+    parts = []
+    for start in range(0, settings.num_samples, batch_size):
+        end = min(start + batch_size, settings.num_samples)
+        parts.append(sample_range(lm.model, lm.recipe, settings, start, end, device, decode)[0])
+    images = torch.from_numpy(np.concatenate(parts)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    per = math.ceil(settings.num_samples / len(settings.labels)) if settings.labels else None
+    nrow = nrow or per or max(1, math.ceil(math.sqrt(len(images))))
+    scale = max(1, min(4, 128 // max(1, images.shape[-1])))
+    save_image_grid(images, out, nrow=nrow, scale=scale)
+
+
+def run(args: argparse.Namespace) -> int:
+    from fasterdit.train.cli_checks import check_sampling_args, prepare_output
+    from fasterdit.train.distributed import cleanup, init_distributed
     from fasterdit.train.loading import load_trained
 
     out = Path(args.out)
+    png = out.suffix.lower() == ".png"
     if out.suffix.lower() not in (".png", ".npz"):
         raise ConfigError("--out", f"must end in .png or .npz, got {out.name!r}")
-    if args.num < 1:
-        raise ConfigError("--num", f"must be >= 1, got {args.num}")
-    if args.batch_size < 1:
-        raise ConfigError("--batch-size", f"must be >= 1, got {args.batch_size}")
-    device = resolve_device(args.device)
-    lm = load_trained(args.ckpt, ema=not args.no_ema, device=device)
-    model, recipe, data = lm.model, lm.recipe, lm.data
-    official = lm.source == "official"
-    s = lm.cfg.sample
-    sampler = args.sampler or ("ddpm" if official else s.sampler) or recipe_sampler(recipe)
-    steps = args.steps or (250 if official else s.steps)
-    cfg_scale = args.cfg if args.cfg is not None else (4.0 if official else s.cfg_scale)
-    if cfg_scale != 1.0 and (model.y_embedder is None or not model.y_embedder.has_null_class):
-        raise ConfigError(
-            "--cfg", "this model was trained without label dropout (no null class): use --cfg 1"
-        )
-
-    is_latent = bool(data.get("is_latent"))
-    vae = None
-    if is_latent:
-        from fasterdit.data.vae import load_vae
-
-        vae_id = args.vae or data.get("vae")
-        if not vae_id:
-            raise UserError("this is a latent model and its run records no VAE: pass --vae ID_OR_PATH")
-        vae = load_vae(vae_id, device=device)
-
-    g = torch.Generator().manual_seed(args.seed)
-    y_all, per_label = _labels(args, int(model.num_classes or 0), out.suffix.lower() == ".png", g)
-    C = model.in_channels
-    H, W = model.input_size
-    images, t0, nfe = [], time.time(), 0
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else None
-    for start in range(0, args.num, args.batch_size):
-        n = min(args.batch_size, args.num - start)
-        noise = torch.randn((n, C, H, W), generator=g).to(device)
-        y = None if y_all is None else y_all[start : start + n].to(device)
-        gs = torch.Generator(device=device).manual_seed(args.seed * 1_000_003 + start)
-        ctx = amp if amp is not None else _null()
-        with ctx:
-            res = sample(
-                model,
-                recipe,
-                noise,
-                y=y,
-                sampler=sampler,
-                steps=steps,
-                cfg_scale=cfg_scale,
-                generator=gs,
-                guide_channels=args.guide_channels,
-            )
-        x = res.x.float()
-        nfe = res.nfe
-        if vae is not None:
-            from fasterdit.data.vae import decode
-
-            x = decode(vae, x, batch_size=16)
-        images.append(x.clamp(-1, 1).cpu())
-        print(f"  {start + n}/{args.num} samples", flush=True)
-    x = torch.cat(images)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if out.suffix.lower() == ".png":
-        from fasterdit.viz import save_image_grid
-
-        nrow = args.nrow or per_label or max(1, math.ceil(math.sqrt(len(x))))
-        scale = max(1, min(4, 128 // max(1, x.shape[-1])))
-        save_image_grid(x, out, nrow=nrow, scale=scale)
-    else:
-        from fasterdit.viz import to_uint8
-
-        labels = (y_all if y_all is not None else torch.zeros(len(x), dtype=torch.long)).numpy()
-        np.savez(out, arr_0=to_uint8(x), arr_1=labels.astype(np.int64))
-    dt = time.time() - t0
-    src = f"{lm.path} (step {lm.step})" if lm.step is not None else str(lm.path)
-    print(
-        f"wrote {out}: {len(x)} samples from {src}, sampler {sampler}, {steps} steps, "
-        f"NFE {nfe}, cfg {cfg_scale}, {dt:.1f} s"
-    )
-    return 0
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
+    check_counts(args, 1)
+    check_sampling_args(args.steps, args.cfg, args.nrow)
+    if not args.dry_run:
+        out = prepare_output(out, "--out")  # a bad path fails now, not after all the sampling
+    dist = init_distributed(args.device)
+    try:
+        if png and dist.distributed:
+            raise ConfigError("--out", "a PNG grid is sampled by one process; run it without torchrun")
+        lm = load_trained(args.ckpt, ema=not args.no_ema, device=dist.device, family=args.family)
+        d = lm.sampling
+        mode, labels = _label_mode(args, int(lm.model.num_classes or 0), png)
+        settings = build_settings(
+            args, lm, sampler=args.sampler or d.sampler, steps=args.steps or d.steps,
+            cfg_scale=args.cfg if args.cfg is not None else d.cfg_scale, label_mode=mode, labels=labels,
+        )  # fmt: skip
+        if args.dry_run:
+            if dist.is_main:
+                print_dry_run(lm, settings, args)
+            return 0
+        if png:
+            _grid(lm, settings, out, args.nrow, args.batch_size, dist.device, vae_id(args, lm))
+            print(f"wrote {out}: {settings.num_samples} samples, {settings.sampler}, {settings.steps} steps")
+            return 0
+        res = run_job(args, lm, settings, out, dist)
+        if dist.is_main:
+            print(summary(res, lm, settings))
+        return 0
+    finally:
+        cleanup()

@@ -44,6 +44,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="start from scratch even if the run dir holds checkpoints (refuses to mix runs)",
     )
     p.add_argument(
+        "--allow-config-change",
+        action="store_true",
+        help="resume even though the seed or the recipe differs from the run's checkpoints",
+    )
+    p.add_argument(
         "--dry-run",
         action="store_true",
         help="check the config and print parameters, FLOPs/step, memory and time per step on GPUs",
@@ -87,9 +92,16 @@ def run(args: argparse.Namespace) -> int:
     dist = init_distributed(cfg.train.device)
     try:
         trainer = Trainer(
-            cfg, run_dir, dist, resume=not args.no_resume, show_progress=False if args.no_progress else None
+            cfg,
+            run_dir,
+            dist,
+            resume=not args.no_resume,
+            show_progress=False if args.no_progress else None,
+            allow_config_change=args.allow_config_change,
         )
         trainer.run()
+    except KeyboardInterrupt:  # Ctrl-C outside the training loop (setup, exit): a message, no traceback
+        raise UserError("interrupted (Ctrl-C); checkpoints on disk are untouched") from None
     finally:
         cleanup()
     return 0

@@ -256,6 +256,18 @@ def _check_out(out: Path, images: Path) -> None:
         )
     if out.exists() and not out.is_dir():
         raise ConfigError("out", f"{out} exists and is not a folder")
+    _check_writable(out)
+
+
+def _check_writable(out: Path) -> None:
+    """OUT, or the nearest folder above it that exists, must take new files: checked before any work."""
+    base = out.absolute()
+    while not base.exists() and base != base.parent:
+        base = base.parent
+    if not base.is_dir():
+        raise ConfigError("out", f"cannot create {out}: {base} is a file, not a folder")
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise ConfigError("out", f"cannot write {out}: no write permission in {base}")
 
 
 def _check_previous(out: Path, record: dict[str, Any], rel: list[str]) -> str | None:
@@ -287,9 +299,12 @@ def _check_previous(out: Path, record: dict[str, Any], rel: list[str]) -> str | 
                 f"{out} is not empty and holds no fasterdit preparation ({', '.join(sorted(foreign)[:5])}"
                 f"{', ...' if len(foreign) > 5 else ''}); choose an empty or new --out"
             )
-    out.mkdir(parents=True, exist_ok=True)
-    _atomic_write_text(out / FILES_TXT, "".join(r + "\n" for r in rel))
-    _atomic_write_text(prev_file, json.dumps(record, indent=2, sort_keys=True) + "\n")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        _atomic_write_text(out / FILES_TXT, "".join(r + "\n" for r in rel))
+        _atomic_write_text(prev_file, json.dumps(record, indent=2, sort_keys=True) + "\n")
+    except OSError as err:
+        return f"cannot write {out} ({err.strerror or err})"
     return None
 
 

@@ -13,8 +13,9 @@ backpropagate) plus detached ``"mse"``, ``"mse_weighted"``, ``"direction"``, ``"
   flow-linear). SNR = α²/σ² (without the data std).
 * **Velocity direction** (FasterDiT's single-step supervision): ``mean(1 − cos(û, u))`` with
   u = dx_t/dt. The cosine is taken over channels at each position (``channel``, LightningDiT's
-  choice), over each p×p patch × channels (``token``) or over the whole sample (``sample``). With one
-  channel the per-position cosine is ±1 and has no gradient, hence the ``token`` default.
+  choice), over each p×p patch × channels (``token``) or over the whole sample (``sample``); ``auto``
+  (the ``fasterdit`` preset) is ``channel`` on multi-channel data and ``token`` on 1-channel data,
+  where the per-position cosine is ±1 and has no gradient.
   Non-velocity predictions are first converted to velocity with the exact conversion of
   :mod:`.targets` (at t clamped to [1e-4, 1 − 1e-4]).
 * **DiT hybrid loss** for learned variances (``recipe.learn_sigma``): the first C output channels are
@@ -242,7 +243,7 @@ class DiffusionLoss:
         eps = noise.to(x) if noise is not None else _randn(x.shape, generator, x.device, x.dtype)
         x_t = expand_like(sched.alpha(t64), x) * x + expand_like(sched.sigma(t64), x) * eps
 
-        out = model(x_t, r.model_time(t64), y, **(model_kwargs or {}))
+        out = r.network_output(model(x_t, r.model_time(t64), y, **(model_kwargs or {})))
         if out.dtype != x.dtype:
             out = out.to(x.dtype)  # compute the loss in the data's precision, not autocast's
         want = 2 * c if r.learn_sigma else c
@@ -269,10 +270,9 @@ class DiffusionLoss:
                 tc = sched.clamp_t(t64, 1e-4)
                 u_hat = convert(pred, r.target, "velocity", x_t, tc, sched)
                 u = target_from_data("velocity", x, eps, tc, sched)
-            patch = r.loss.direction_patch or (
-                model_patch_size(model) if r.loss.direction_mode == "token" else None
-            )
-            d = direction_loss(u_hat, u, r.loss.direction_mode, patch)
+            mode = r.loss.direction_mode_for(c)
+            patch = r.loss.direction_patch or (model_patch_size(model) if mode == "token" else None)
+            d = direction_loss(u_hat, u, mode, patch)
             per_sample = per_sample + r.loss.direction_weight * d
             terms["direction"] = d.mean()
 

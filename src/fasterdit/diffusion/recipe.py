@@ -11,12 +11,14 @@ Presets (docs/diffusion.md gives their sources):
   loss (ε-MSE + VB), DDPM ancestral sampling with 250 steps: the official DiT.
 * ``sit``: rectified flow (flow-linear), velocity target, uniform t: SiT's best "Linear" setting.
 * ``fasterdit``: flow-linear, velocity, lognorm(0, 1) timesteps, per-channel std modulation to
-  std 1, plus the velocity-direction loss with weight 1 over tokens.
+  std 1, plus the velocity-direction loss with weight 1: over channels at each position (LightningDiT)
+  on multi-channel data such as VAE latents, over p×p tokens on 1-channel data.
 
 The network's timestep input is part of the recipe (``time_input``): ``index`` feeds the DDPM
 step ``t·N − 1`` (0…999, as the official DiT), ``scaled`` feeds ``t·time_scale`` (1000 by default,
 so the sinusoidal embedding with max_period 10000 resolves t as finely as DiT's indices),
-``reversed`` feeds ``1 − t`` (official SiT checkpoints, whose time runs from noise 0 to data 1).
+``reversed`` feeds ``1 − t`` (official SiT checkpoints, whose time runs from noise 0 to data 1; their
+velocity, dx/ds, is then the negative of ours, see :meth:`Recipe.network_output`).
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from fasterdit.errors import ConfigError, DataError
 PRESETS = ("dit", "sit", "fasterdit")
 TIME_INPUTS = ("index", "scaled", "reversed")
 WEIGHTINGS = ("none", "min-snr")
-DIRECTION_MODES = ("channel", "token", "sample")
+DIRECTION_MODES = ("auto", "channel", "token", "sample")
 # Fallback list; the samplers module's own SAMPLERS wins when it exists.
 SAMPLER_NAMES = ("euler", "heun", "dopri5", "euler-maruyama", "ddpm", "ddim")
 
@@ -100,7 +102,9 @@ class LossConfig:
         min_snr_gamma: γ of min-SNR.
         direction_weight: λ_dir of FasterDiT's velocity-direction loss (0 disables it).
         direction_mode: where the cosine is taken: ``channel`` (over channels at each position, as
-            LightningDiT), ``token`` (over each p×p patch × channels) or ``sample`` (whole sample).
+            LightningDiT), ``token`` (over each p×p patch × channels), ``sample`` (whole sample) or
+            ``auto``: ``channel`` for data with more than one channel (the reference), ``token`` for
+            1-channel data, where a cosine over one channel is ±1 and has no gradient.
         direction_patch: token size p for ``token`` mode; None uses the model's patch size.
         vb_weight: weight of the variational-bound term for learned variances (DiT: 1).
     """
@@ -111,6 +115,27 @@ class LossConfig:
     direction_mode: str = "token"
     direction_patch: int | None = None
     vb_weight: float = 1.0
+
+    def direction_mode_for(self, channels: int) -> str:
+        """The concrete direction mode on ``channels``-channel data (resolves ``auto``)."""
+        if self.direction_mode != "auto":
+            return self.direction_mode
+        return "channel" if channels > 1 else "token"
+
+    def describe(self, channels: int) -> str:
+        """One line for the run summary: the loss terms as they act on ``channels``-channel data."""
+        terms = ["MSE" if self.weighting == "none" else f"min-SNR-{self.min_snr_gamma:g} MSE"]
+        if self.direction_weight > 0:
+            mode = self.direction_mode_for(channels)
+            where = {
+                "channel": "over channels at each position, as LightningDiT",
+                "token": "over each p×p patch × channels",
+                "sample": "over the whole sample",
+            }[mode]
+            if mode == "token" and self.direction_mode == "auto":
+                where += " (1-channel data: a cosine over one channel is ±1 and has no gradient)"
+            terms.append(f"{self.direction_weight:g}·direction [{mode}: {where}]")
+        return " + ".join(terms)
 
     def validate(self) -> None:
         _check_choice("loss.weighting", self.weighting, WEIGHTINGS)
@@ -244,6 +269,17 @@ class Recipe:
             return (t * self.time_scale).to(torch.float32)
         return (1.0 - t).to(torch.float32)
 
+    def network_output(self, out: Tensor) -> Tensor:
+        """The network's output in this library's conventions.
+
+        A network whose time runs from noise to data (``time_input: reversed``, the official SiT
+        checkpoints: s = 1 − t) predicts its velocity dx/ds = −dx/dt, so a velocity output is negated
+        here; the loss and every sampler then see dx/dt. ε, x₀ and v do not depend on the direction.
+        """
+        if self.time_input == "reversed" and self.target == "velocity":
+            return -out
+        return out
+
     # --- validation --------------------------------------------------------------------------------
     def validate(self) -> Recipe:
         """Check every field; raises ConfigError naming the field and the allowed values."""
@@ -296,6 +332,12 @@ class Recipe:
     def resolve(self, data: Tensor | None = None, **stats: Any) -> Recipe:
         """A copy with the data scaling's measured statistics filled in (see DataScaling.resolve)."""
         return replace(self, scaling=self.scaling.resolve(data, **stats))
+
+    def for_channels(self, channels: int) -> Recipe:
+        """A copy with ``loss.direction_mode: auto`` made concrete for ``channels``-channel data, so
+        that the recipe saved with a run says which cosine it trained."""
+        mode = self.loss.direction_mode_for(channels)
+        return replace(self, loss=replace(self.loss, direction_mode=mode)).validate()
 
     def updated(self, overrides: Mapping[str, Any]) -> Recipe:
         """A validated copy with dotted-key overrides, e.g. ``{"loss.direction_weight": 0.5}``."""
@@ -408,7 +450,7 @@ def get_preset(name: str) -> Recipe:
             timestep_params={"m": 0.0, "s": 1.0},
             time_input="scaled",
             scaling=DataScaling(mode="channel", target_std=1.0),
-            loss=LossConfig(direction_weight=1.0, direction_mode="token"),
+            loss=LossConfig(direction_weight=1.0, direction_mode="auto"),
             sampler=SamplerConfig(name="euler", steps=250, cfg_scale=1.5),
         )
     else:

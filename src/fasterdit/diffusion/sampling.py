@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from fasterdit.diffusion.sampling_base import ModelFn, SampleResult
+from fasterdit.diffusion.sampling_base import ModelFn, NoiseSource, PerSampleNoise, SampleResult
 from fasterdit.diffusion.sampling_ddpm import ddim, ddpm, space_timesteps
 from fasterdit.diffusion.sampling_ode import dopri5, euler, euler_maruyama, heun
 from fasterdit.errors import ConfigError
@@ -36,6 +36,7 @@ from fasterdit.errors import ConfigError
 __all__ = [
     "SAMPLERS",
     "ModelFn",
+    "PerSampleNoise",
     "SampleResult",
     "ddim",
     "ddpm",
@@ -81,14 +82,15 @@ def guided_model_fn(
 ) -> ModelFn:
     """The network as a sampler's model function, with classifier-free guidance.
 
-    Calls ``model(x, recipe.model_time(t), y)``. With ``cfg_scale != 1`` and t inside the guidance
-    interval (``t_lo < t <= t_hi``, in this library's t where 1 is noise; Kynkäänniemi et al. 2024),
-    the batch is doubled with the null label ``model.num_classes`` and the prediction becomes
-    ``uncond + cfg_scale·(cond − uncond)`` on the first ``guide_channels`` channels (default: all C
-    prediction channels); the remaining channels (iDDPM's variance) are the conditional ones. Outside
-    the interval, or at scale 1, the conditional prediction is returned untouched (no doubling), so
-    scale 1 is exactly the conditional model. ``guide_channels=3`` reproduces the official DiT sampler,
-    which guides only the first three latent channels.
+    Calls ``model(x, recipe.model_time(t), y)`` (through ``recipe.network_output``). With
+    ``cfg_scale != 1`` and t inside the guidance interval (``t_lo < t <= t_hi``, in this library's t
+    where 1 is noise; Kynkäänniemi et al. 2024), the batch is doubled with the null label
+    ``model.num_classes`` and the prediction becomes ``uncond + cfg_scale·(cond − uncond)`` on the
+    first ``guide_channels`` channels (default: all C prediction channels); the remaining channels
+    (iDDPM's variance) are the conditional ones. Outside the interval, or at scale 1, the conditional
+    prediction is returned untouched (no doubling), so scale 1 is exactly the conditional model.
+    ``guide_channels=3`` reproduces the official DiT, SiT and LightningDiT samplers, which guide only
+    the first three latent channels.
     """
     if not (isinstance(cfg_scale, int | float) and math.isfinite(cfg_scale)):
         raise ConfigError("cfg_scale", f"must be a finite number, got {cfg_scale!r}")
@@ -118,10 +120,11 @@ def guided_model_fn(
         if interval is not None:
             mask = (t > interval[0]) & (t <= interval[1])
         if not guided or not bool(mask.any()):
-            return model(x, t_model, labels)
+            return recipe.network_output(model(x, t_model, labels))
         assert labels is not None
         null = torch.full_like(labels, num_classes)
         out = model(torch.cat([x, x]), torch.cat([t_model, t_model]), torch.cat([labels, null]))
+        out = recipe.network_output(out)  # a sign flip commutes with the guidance mix below
         cond, uncond = out.chunk(2)
         g = x.shape[1] if guide_channels is None else int(guide_channels)
         if g > out.shape[1]:
@@ -145,7 +148,7 @@ def sample(
     cfg_scale: float = 1.0,
     guidance_interval: tuple[float, float] | None = None,
     shift: float | None = None,
-    generator: torch.Generator | None = None,
+    generator: NoiseSource = None,
     return_trajectory: bool = False,
     guide_channels: int | None = None,
     **sampler_kwargs: Any,
@@ -164,7 +167,8 @@ def sample(
             :func:`guided_model_fn`).
         shift: SD3 time shift of the step grid (continuous schedules); default ``recipe.sampler.shift``.
         generator: randomness of the stochastic samplers (euler-maruyama, ddpm, ddim with η > 0);
-            must live on ``noise.device``.
+            a ``torch.Generator`` on ``noise.device``, or a :class:`PerSampleNoise` (one CPU generator
+            per sample, so a sample's noise does not depend on its batch).
         return_trajectory: also return the diffusion-space states of every step.
         sampler_kwargs: passed to the sampler (e.g. ``rtol``/``atol`` for dopri5, ``eta`` for ddim,
             ``variance``/``respacing`` for ddpm, ``diffusion``/``last_step_size`` for euler-maruyama,

@@ -12,11 +12,11 @@ Endpoints (why the grids look the way they do):
   divides by α). The grid starts at ``t_max = 1`` whenever the conversion is finite at 1 (velocity,
   x0 and v targets, and every target on DDPM-linear whose α(1) = 0.0064 > 0), otherwise at
   ``t_max = 1 − 10⁻³`` (the caller may override ``t_max``).
-* ``t = 0``: σ(0) = 0, and VP schedules have σ ∝ √t so dσ/dt is infinite there. No fixed-step sampler
-  evaluates the model at t = 0: the last step, from the last positive grid time to 0, is the
-  *denoising jump* ``x ← x̂₀(x, t)``, the prediction converted to x₀. For flow-linear this is exactly
-  the Euler step to 0; for other paths it is the exact limit of a DDIM step and has the same
-  O(h²) local error as an Euler step on flow paths (O(σ²) in general).
+* ``t = 0``: σ(0) = 0, and VP schedules have σ ∝ √t so dσ/dt is infinite there. Euler's last step
+  evaluates the model at the last positive grid time and steps into 0 (optionally the *denoising
+  jump* ``x ← x̂₀(x, t)`` instead, the prediction converted to x₀: the same on flow-linear, the exact
+  limit of a DDIM step elsewhere). Heun evaluates the model at t = 0 wherever the velocity is finite
+  there (flow paths), and otherwise ends with such a one-evaluation step.
 """
 
 from __future__ import annotations
@@ -70,6 +70,39 @@ class CountingFn:
     def __call__(self, x: Tensor, t: Tensor) -> Tensor:
         self.calls += 1
         return self.fn(x, t)
+
+
+class PerSampleNoise:
+    """One CPU ``torch.Generator`` per sample: the step noise of the stochastic samplers, row by row.
+
+    Why: with one generator for the whole batch, the noise a sample receives depends on its position
+    in the batch and on the batch size, so a sharded or resumed job (``fasterdit sample`` under
+    ``torchrun``) could not reproduce a single-process run. Here row ``r`` always draws from its own
+    generator, on the CPU (the same stream on every device), and the batch is moved to ``x``'s device.
+    Pass it as the ``generator`` of :func:`fasterdit.diffusion.sampling.sample`.
+    """
+
+    def __init__(self, generators: list[torch.Generator]):
+        if not generators or any(g.device.type != "cpu" for g in generators):
+            raise ConfigError("generator", "PerSampleNoise needs one CPU torch.Generator per sample")
+        self.generators = list(generators)
+
+    def randn_like(self, x: Tensor) -> Tensor:
+        if x.shape[0] != len(self.generators):
+            n = len(self.generators)
+            raise ConfigError("generator", f"{n} per-sample generators for a batch of {x.shape[0]}")
+        rows = [torch.randn(tuple(x.shape[1:]), generator=g, dtype=torch.float32) for g in self.generators]
+        return torch.stack(rows).to(device=x.device, dtype=x.dtype)
+
+
+NoiseSource = torch.Generator | PerSampleNoise | None
+
+
+def step_noise(x: Tensor, generator: NoiseSource) -> Tensor:
+    """Standard normal noise shaped like ``x`` from a batch generator (on x's device) or per sample."""
+    if isinstance(generator, PerSampleNoise):
+        return generator.randn_like(x)
+    return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
 
 
 class Trajectory:

@@ -30,12 +30,14 @@ from torch import Tensor
 from fasterdit.diffusion.sampling_base import (
     CountingFn,
     ModelFn,
+    NoiseSource,
     SampleResult,
     Trajectory,
     check_shift,
     check_steps,
     resolve_t_max,
     split_prediction,
+    step_noise,
     t_vector,
     time_grid,
 )
@@ -187,7 +189,7 @@ def ddpm(
     target: str,
     *,
     steps: int,
-    generator: torch.Generator | None = None,
+    generator: NoiseSource = None,
     variance: str = "auto",
     respacing: int | str | Sequence[int] | None = None,
     clip_x0: float | None = None,
@@ -236,7 +238,7 @@ def ddpm(
             std = torch.exp(0.5 * learned_range_log_variance(v, math.log(small), math.log(tau2)))
         else:
             std = math.sqrt(small if kind == "fixed-small" else tau2)
-        z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+        z = step_noise(x, generator)
         x = mean + std * z
         traj.add(x, t_next)
     return traj.result(x, fn.calls)
@@ -250,7 +252,7 @@ def ddim(
     *,
     steps: int,
     eta: float = 0.0,
-    generator: torch.Generator | None = None,
+    generator: NoiseSource = None,
     respacing: int | str | Sequence[int] | None = None,
     clip_x0: float | None = None,
     shift: float | None = None,
@@ -283,6 +285,6 @@ def ddim(
         c = eta * s_next * math.sqrt(max(0.0, 1.0 - (a * s_next / (a_next * s)) ** 2))
         x = a_next * x0 + math.sqrt(max(0.0, s_next * s_next - c * c)) * eps
         if c > 0.0:
-            x = x + c * torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+            x = x + c * step_noise(x, generator)
         traj.add(x, t_next)
     return traj.result(x, fn.calls)

@@ -4,9 +4,9 @@ The probability-flow ODE of the path ``x_t = α(t)·x + σ(t)·ε`` is ``dx/dt =
 velocity ``u = E[α'·x + σ'·ε | x_t]``; any prediction target gives it through
 :func:`fasterdit.diffusion.targets.convert`, so these samplers work for every schedule and target.
 They integrate from ``t_max`` (1 when possible) down to 0; see :mod:`.sampling_base` for the endpoint
-rules. NFE conventions: Euler N, Heun 2N − 1 (the last step is the denoising jump, one evaluation),
-dopri5 whatever the adaptive solver needed (+1 when it stops at t_min > 0 and jumps to x̂₀),
-Euler–Maruyama N.
+rules. NFE conventions: Euler N; Heun 2N where the velocity is finite at t = 0 (flow paths), else
+2N − 1 (an EDM-style last step); dopri5 whatever the adaptive solver needed (+1 when it stops at
+t_min > 0 and jumps to x̂₀); Euler–Maruyama N.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from torch import Tensor
 from fasterdit.diffusion.sampling_base import (
     CountingFn,
     ModelFn,
+    NoiseSource,
     SampleResult,
     Trajectory,
     check_steps,
@@ -26,6 +27,7 @@ from fasterdit.diffusion.sampling_base import (
     denoise,
     resolve_t_max,
     split_prediction,
+    step_noise,
     t_vector,
     time_grid,
     velocity,
@@ -39,6 +41,26 @@ LAST_STEPS = ("mean", "euler", "x0")
 _STEP_T_METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
 
 
+EULER_LAST_STEPS = ("euler", "x0")
+HEUN_LAST_STEPS = ("heun", "euler", "x0")
+
+
+def _check_last_step(last_step: str, allowed: tuple[str, ...]) -> str:
+    if last_step not in allowed:
+        raise ConfigError("last_step", f"got {last_step!r}; choose one of {', '.join(allowed)}")
+    return last_step
+
+
+def _final_step(
+    fn: CountingFn, x: Tensor, t: float, schedule: Schedule, target: str, last_step: str
+) -> Tensor:
+    """The step from the last positive grid time ``t`` into 0 that evaluates the model at ``t`` only:
+    ``euler`` (``x − t·u``) or ``x0`` (the denoising jump to x̂₀; the same on flow-linear)."""
+    if last_step == "x0":
+        return denoise(fn, x, t, schedule, target)
+    return x - t * velocity(fn, x, t, schedule, target)
+
+
 def euler(
     model_fn: ModelFn,
     noise: Tensor,
@@ -48,10 +70,18 @@ def euler(
     steps: int,
     shift: float | None = None,
     t_max: float | None = None,
+    last_step: str = "euler",
     return_trajectory: bool = False,
 ) -> SampleResult:
-    """Explicit Euler on the probability-flow ODE: ``x ← x + (t_{k+1} − t_k)·u(x, t_k)``; N evaluations."""
+    """Explicit Euler on the probability-flow ODE: ``x ← x + (t_{k+1} − t_k)·u(x, t_k)``; N evaluations.
+
+    Every step is an Euler step, the last one into t = 0 too (as SiT's and torchdiffeq's Euler), so
+    the model is never evaluated at t = 0. ``last_step="x0"`` replaces the last step by the denoising
+    jump to x̂₀(x, t_{N−1}): identical on flow-linear, more accurate on VP paths, where σ ∝ √t makes
+    the last Euler step remove only half of the remaining noise.
+    """
     check_target(target)
+    _check_last_step(last_step, EULER_LAST_STEPS)
     fn = CountingFn(model_fn)
     grid = time_grid(steps, resolve_t_max(t_max, schedule, target), 0.0, shift)
     traj = Trajectory(return_trajectory)
@@ -60,7 +90,7 @@ def euler(
     for k in range(len(grid) - 2):
         x = x + (grid[k + 1] - grid[k]) * velocity(fn, x, grid[k], schedule, target)
         traj.add(x, grid[k + 1])
-    x = denoise(fn, x, grid[-2], schedule, target)
+    x = _final_step(fn, x, grid[-2], schedule, target, last_step)
     traj.add(x, 0.0)
     return traj.result(x, fn.calls)
 
@@ -74,31 +104,44 @@ def heun(
     steps: int,
     shift: float | None = None,
     t_max: float | None = None,
+    last_step: str | None = None,
     return_trajectory: bool = False,
 ) -> SampleResult:
-    """Heun's second-order method (EDM's Algorithm 1 without churn): 2N − 1 evaluations.
+    """Heun's second-order method (explicit trapezoid): each step averages the slopes at both ends of
+    an Euler predictor.
 
-    Each step averages the slopes at both ends of an Euler predictor. The last step, into t = 0, is the
-    denoising jump (one evaluation), as in EDM where the final step is plain Euler because the velocity
-    at σ = 0 is not defined for every target. On VP paths (σ ∝ √t near 0) that last step's error is
-    O(σ²) = O(h), so Heun is only first order there unless the grid is refined near t = 0; on flow
-    paths (σ ∝ t) it stays second order.
+    ``last_step`` decides the step into t = 0. ``heun`` (the default wherever the velocity is finite
+    at t = 0: flow paths with velocity, ε, x₀ or v targets) is a full Heun step, so the method is
+    second order throughout: 2N evaluations, equal to torchdiffeq's fixed-grid ``heun2`` that SiT
+    uses. ``euler`` (the default on VP paths, whose dσ/dt is infinite at 0) or ``x0`` (the
+    denoising jump) end EDM-style with one evaluation, 2N − 1 in all; there, with σ ∝ √t, the last
+    step's error is O(σ²) = O(h) unless the grid is refined near t = 0.
     """
     check_target(target)
+    if last_step is None:
+        last_step = "heun" if default_t_min(schedule, target) == 0.0 else "euler"
+    _check_last_step(last_step, HEUN_LAST_STEPS)
+    if last_step == "heun" and default_t_min(schedule, target) > 0.0:
+        raise ConfigError(
+            "last_step", f"'heun' evaluates the model at t = 0, where {target!r} on {schedule.name} has "
+            "no finite velocity; use 'euler' or 'x0'"
+        )
     fn = CountingFn(model_fn)
     grid = time_grid(steps, resolve_t_max(t_max, schedule, target), 0.0, shift)
     traj = Trajectory(return_trajectory)
     x = noise
     traj.add(x, grid[0])
-    for k in range(len(grid) - 2):
+    full = len(grid) - 1 if last_step == "heun" else len(grid) - 2
+    for k in range(full):
         h = grid[k + 1] - grid[k]
         d1 = velocity(fn, x, grid[k], schedule, target)
         x_pred = x + h * d1
         d2 = velocity(fn, x_pred, grid[k + 1], schedule, target)
         x = x + (0.5 * h) * (d1 + d2)
         traj.add(x, grid[k + 1])
-    x = denoise(fn, x, grid[-2], schedule, target)
-    traj.add(x, 0.0)
+    if last_step != "heun":
+        x = _final_step(fn, x, grid[-2], schedule, target, last_step)
+        traj.add(x, 0.0)
     return traj.result(x, fn.calls)
 
 
@@ -190,7 +233,7 @@ def euler_maruyama(
     target: str,
     *,
     steps: int,
-    generator: torch.Generator | None = None,
+    generator: NoiseSource = None,
     diffusion: str = "sigma",
     diffusion_norm: float = 1.0,
     last_step: str = "mean",
@@ -247,7 +290,7 @@ def euler_maruyama(
                 drift = drift + w * convert(pred, target, "score", x, t, schedule)
             x = x + h * drift
             if k < len(grid) - 2 and w != 0.0:
-                z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+                z = step_noise(x, generator)
                 x = x + math.sqrt(2.0 * w * h) * z
         traj.add(x, grid[k + 1])
     return traj.result(x, fn.calls)

@@ -284,6 +284,7 @@ def generate_samples(
     amp: bool | None = None,
     progress: bool = False,
     sampler_kwargs: dict[str, Any] | None = None,
+    guide_channels: int | None = None,
 ) -> Generated:
     """Class-balanced samples (labels cycle 0..K-1) from fixed seeded noise.
 
@@ -318,7 +319,8 @@ def generate_samples(
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
             res = sample(
                 model, recipe, x, y=y, sampler=name, steps=n_steps, cfg_scale=cfg_scale,
-                guidance_interval=guidance_interval, generator=g, **(sampler_kwargs or {}),
+                guidance_interval=guidance_interval, guide_channels=guide_channels, generator=g,
+                **(sampler_kwargs or {}),
             )  # fmt: skip
         out = res.x.detach().float()
         if decode is not None:

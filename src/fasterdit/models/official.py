@@ -1,4 +1,6 @@
-"""Load checkpoints of the official DiT code (facebookresearch/DiT) into :class:`fasterdit.models.DiT`.
+"""Load checkpoints of the official DiT (facebookresearch/DiT) and SiT (willisma/SiT) code into
+:class:`fasterdit.models.DiT`. SiT's network is DiT's, parameter for parameter; only what its output
+means differs (see :func:`checkpoint_family`).
 
 Two file layouts are accepted:
 
@@ -21,6 +23,7 @@ from __future__ import annotations
 import argparse
 import math
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -32,10 +35,14 @@ _REQUIRED = ("x_embedder.proj.weight", "pos_embed", "t_embedder.mlp.0.weight", "
 _PREFIXES = ("module.", "_orig_mod.")  # DDP and torch.compile wrappers
 
 
+FAMILIES = ("dit", "sit")
+
+
 def read_official_state_dict(
     path: str | Path, prefer_ema: bool = True
-) -> tuple[dict[str, torch.Tensor], str]:
-    """The model state dict in an official checkpoint file and where it came from ("ema", "model", "raw")."""
+) -> tuple[dict[str, torch.Tensor], str, str | None]:
+    """The model state dict in an official checkpoint file, where it came from ("ema", "model", "raw"),
+    and the model name its training script recorded (``args.model``, e.g. "SiT-XL/2"), if any."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such checkpoint file")
@@ -61,7 +68,32 @@ def read_official_state_dict(
             f"{path}: not a DiT checkpoint (missing {', '.join(missing or ['blocks.0.attn.qkv.weight'])}; "
             f"found {len(state)} tensors)"
         )
-    return state, source
+    args = obj.get("args")
+    trained_as = args.model if isinstance(args, argparse.Namespace) and isinstance(
+        vars(args).get("model"), str
+    ) else None
+    return state, source, trained_as
+
+
+def checkpoint_family(path: str | Path, trained_as: str | None = None, family: str | None = None) -> str:
+    """Which official code wrote a checkpoint: ``dit`` (facebookresearch/DiT) or ``sit`` (willisma/SiT).
+
+    The two share the architecture and every parameter name, so the tensors cannot tell them apart;
+    they differ in what the network means (DiT: ε and a variance at step index 0..999; SiT: the
+    velocity dx/ds at continuous s ∈ [0, 1], s = 1 data). In order: ``family`` when given, else the
+    ``args.model`` the training script saved ("SiT-XL/2"), else the file name of the released weights
+    (``SiT-XL-2-256x256.pt``), else ``dit``.
+    """
+    if family is not None:
+        if family not in FAMILIES:
+            raise DataError(f"unknown checkpoint family {family!r}; choose one of {', '.join(FAMILIES)}")
+        return family
+    for name in (trained_as, Path(path).name):
+        if name and name.lower().startswith("sit"):
+            return "sit"
+        if name and name.lower().startswith("dit"):
+            return "dit"
+    return "dit"
 
 
 def _strip(key: str) -> str:
@@ -129,6 +161,15 @@ def infer_official_config(
     )  # fmt: skip
 
 
+@dataclass(frozen=True)
+class OfficialModel:
+    """An official checkpoint loaded: the network, which code wrote it, and the matching config name."""
+
+    model: DiT
+    family: str  # "dit" or "sit" (see checkpoint_family)
+    config_name: str | None  # e.g. "DiT-XL/2" (SiT-XL/2 has the same shapes); None for custom sizes
+
+
 def load_official_checkpoint(
     path: str | Path,
     device: str | torch.device = "cpu",
@@ -142,7 +183,21 @@ def load_official_checkpoint(
     The model is built on the meta device and the checkpoint tensors are assigned to it, so loading
     DiT-XL/2 costs no random initialisation.
     """
-    state, _source = read_official_state_dict(path, prefer_ema=prefer_ema)
+    return load_official(path, device, prefer_ema, input_size, num_heads, num_classes).model
+
+
+def load_official(
+    path: str | Path,
+    device: str | torch.device = "cpu",
+    prefer_ema: bool = True,
+    input_size: int | tuple[int, int] | None = None,
+    num_heads: int | None = None,
+    num_classes: int | None = None,
+    family: str | None = None,
+) -> OfficialModel:
+    """:func:`load_official_checkpoint` plus the checkpoint's family (DiT or SiT) and config name."""
+    state, _source, trained_as = read_official_state_dict(path, prefer_ema=prefer_ema)
+    family = checkpoint_family(path, trained_as, family)
     try:
         cfg = infer_official_config(
             state, input_size=input_size, num_heads=num_heads, num_classes=num_classes
@@ -158,4 +213,4 @@ def load_official_checkpoint(
     except RuntimeError as err:
         raise DataError(f"{path}: does not match the DiT layout it implies:\n{err}") from err
     model.config_name = name
-    return model.to(device).eval()
+    return OfficialModel(model.to(device).eval(), family, name)

@@ -101,11 +101,13 @@ def global_std(channel_mean: list[float], channel_std: list[float]) -> float:
 
 
 def resolve_recipe_on_data(recipe, source) -> Any:
-    """The recipe with its data scaling resolved against the data's measured statistics.
+    """The recipe with its data scaling resolved against the data's measured statistics, and its
+    direction-loss mode made concrete for the data's channel count.
 
     ``std`` mode takes the pooled std of all values, ``channel`` mode per-channel mean and std. A recipe
     that is already resolved (e.g. loaded from a checkpoint or a YAML with numbers) is kept as it is.
     """
+    recipe = recipe.for_channels(int(source.channels))
     sc = recipe.scaling
     if not sc.needs_stats or sc.is_resolved:
         return recipe
@@ -218,6 +220,11 @@ def check_config(cfg: RunConfig, world_size: int = 1):
         raise ConfigError("sample.classes", f"the data has {source.num_classes} classes, got {classes}")
     recipe = resolve_recipe_on_data(recipe, source)
     build_model(cfg, source, recipe, "meta")
+    from fasterdit.train import preflight
+
+    preflight.check_samplers(cfg)
+    preflight.check_guidance(cfg, int(source.num_classes))
+    preflight.check_compile_backend(cfg)
     if cfg.eval.every:
         from fasterdit.data.embedded import EMBEDDED
 

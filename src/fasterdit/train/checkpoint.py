@@ -6,7 +6,8 @@ Layout of a run directory::
         model.safetensors   raw (non-EMA) weights
         ema.safetensors     EMA weights (fp32) -- what sampling uses
         state.pt            optimizer, step, every RNG, data position, counters (weights_only-safe)
-        meta.json           step, config, recipe, model and data description, file sizes; written last
+        meta.json           step, config, recipe, model and data description, file sizes and SHA-256
+                            checksums; written last
     <run_dir>/checkpoints/latest      text file naming the newest complete checkpoint
 
 Why this dance (temp dir -> fsync every file -> fsync dir -> rename -> fsync parent -> replace the pointer):
@@ -14,19 +15,30 @@ a checkpoint is either entirely there or not at all, whatever kills the process 
 a full disk). A checkpoint counts only if its ``meta.json`` parses and every file it lists has the listed
 size, so a half-copied directory is never resumed from. Writing into a hidden ``.tmp-*`` directory first
 means an interrupted write never touches the previous checkpoint.
+
+Sizes are checked on every lookup (cheap); the SHA-256 of every file is checked before a checkpoint is
+used (resume, ``sample``, ``eval``), so a flipped byte is found rather than trained on. A damaged newest
+checkpoint of a run falls back to the previous intact one (:func:`open_intact`). Deletion goes through a
+``.trash-*`` rename first, so an interrupted prune never leaves a half-deleted ``step-*`` directory.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import hashlib
 import json
 import os
+import pickle
 import shutil
 import time
+import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
+from safetensors import SafetensorError
 
 from fasterdit.errors import UserError
 
@@ -34,14 +46,19 @@ __all__ = [
     "CKPT_SUBDIR",
     "CheckpointError",
     "atomic_write_text",
+    "candidates",
     "checkpoint_step",
     "find_checkpoint",
     "is_complete",
     "latest_checkpoint",
     "list_checkpoints",
+    "nonfinite_names",
+    "open_intact",
+    "quarantine",
     "read_meta",
     "remove_stale_temps",
     "save_checkpoint",
+    "verify_checkpoint",
 ]
 
 CKPT_SUBDIR = "checkpoints"
@@ -50,6 +67,12 @@ FORMAT = "fasterdit-checkpoint"
 VERSION = 1
 _PREFIX = "step-"
 _TMP = ".tmp-"
+_TRASH = ".trash-"
+_CORRUPT = "corrupt-"
+_MB = 2**20
+#: free space required beyond the checkpoint's own size (meta.json, the pointer, filesystem slack)
+_SPACE_MARGIN = 4 * _MB
+T = TypeVar("T")
 
 
 class CheckpointError(UserError):
@@ -101,18 +124,76 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 
 def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """safetensors file, fsynced. Its write errors (no errno) become an OSError naming the file."""
     from safetensors.torch import save_file
 
     flat = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    save_file(flat, str(path))
+    try:
+        save_file(flat, str(path))
+    except SafetensorError as err:
+        raise OSError(None, f"safetensors: {err}", str(path)) from err
     _fsync_file(path)
 
 
+class _RecordingFile:
+    """A binary file that remembers the OSError of a failed write.
+
+    Why: ``torch.save`` reports a failed write (e.g. a full disk) as a RuntimeError without the errno;
+    keeping the original error lets the caller say "no space left" instead of an enforce-fail message.
+    """
+
+    def __init__(self, f):
+        self._f = f
+        self.error: OSError | None = None
+
+    def write(self, data) -> int:
+        try:
+            return self._f.write(data)
+        except OSError as err:
+            self.error = err
+            raise
+
+    def flush(self) -> None:
+        self._f.flush()
+
+
 def _save_torch(obj: Any, path: Path) -> None:
-    with open(path, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
+    """torch.save to ``path``, fsynced; a failed write is an OSError that names the file."""
+    try:
+        with open(path, "wb") as f:
+            rec = _RecordingFile(f)
+            try:
+                torch.save(obj, rec)
+            except RuntimeError as err:
+                if rec.error is not None:
+                    raise rec.error from err
+                raise OSError(None, f"torch.save: {err}", str(path)) from err
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as err:
+        if err.filename is None:  # a buffered write's error carries no file name
+            raise OSError(err.errno, err.strerror, str(path)) from err
+        raise
+
+
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _remove_tree(path: Path) -> bool:
+    """Delete a directory by renaming it to a ``.trash-*`` name first, then removing that.
+
+    Why: ``rmtree`` of a live name that is interrupted (kill -9) leaves a half-deleted ``step-*``
+    directory; a trash name is never mistaken for a checkpoint and is swept at the next start.
+    """
+    trash = path.with_name(f"{_TRASH}{path.name}-{os.getpid()}")
+    try:
+        os.replace(path, trash)
+    except OSError:
+        return False
+    shutil.rmtree(trash, ignore_errors=True)
+    return True
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -189,24 +270,225 @@ def find_checkpoint(path: str | Path) -> Path:
 
 
 def remove_stale_temps(run_dir: str | Path) -> list[Path]:
-    """Delete leftovers of interrupted checkpoint writes (only ``.tmp-*`` entries; never a checkpoint)."""
+    """Delete leftovers of interrupted writes and prunes: ``.tmp-*`` and ``.trash-*`` entries, and
+    incomplete ``step-*`` directories older than the newest complete checkpoint (half-deleted by an
+    interrupted prune of an earlier version). Never a complete checkpoint, never a newer partial one.
+    Call it only while holding the run-directory lock.
+    """
     root = Path(run_dir) / CKPT_SUBDIR
-    removed = []
-    if root.is_dir():
-        for p in root.iterdir():
-            if p.name.startswith(_TMP):
-                if p.is_dir():
-                    shutil.rmtree(p, ignore_errors=True)
-                else:
-                    with contextlib.suppress(OSError):
-                        p.unlink()
-                removed.append(p)
+    removed: list[Path] = []
+    if not root.is_dir():
+        return removed
+    complete = list_checkpoints(run_dir)
+    newest = checkpoint_step(complete[-1]) if complete else None
+    for p in root.iterdir():
+        step = checkpoint_step(p)
+        stale_step = step is not None and newest is not None and step < newest and not is_complete(p)
+        if p.name.startswith((_TMP, _TRASH)) or (stale_step and p.is_dir()):
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    p.unlink()
+            removed.append(p)
     return removed
+
+
+def verify_checkpoint(ckpt: str | Path) -> None:
+    """Raise CheckpointError naming the file unless every file has its recorded size and SHA-256.
+
+    Reads every byte (about 1 s per GB): called before a checkpoint is used, not on every lookup.
+    Checkpoints written before checksums existed are checked by size only.
+    """
+    ckpt = Path(ckpt)
+    meta = read_meta(ckpt)
+    files = meta.get("files")
+    sums = meta.get("sha256") or {}
+    if not isinstance(files, dict) or not isinstance(sums, dict):
+        raise CheckpointError(f"{ckpt / 'meta.json'}: malformed file list")
+    for name, size in files.items():
+        path = ckpt / name
+        try:
+            actual = path.stat().st_size
+        except OSError as err:
+            raise CheckpointError(f"{path}: missing ({err.strerror})") from None
+        if actual != size:
+            raise CheckpointError(f"{path}: {actual} bytes, the manifest records {size} (truncated?)")
+        want = sums.get(name)
+        if want is not None and _sha256(path) != want:
+            raise CheckpointError(f"{path}: SHA-256 mismatch with meta.json (the file is corrupt)")
+
+
+def candidates(run_dir: str | Path) -> list[Path]:
+    """Complete checkpoints to try, best first: the one ``latest`` names, then the others newest first."""
+    first = latest_checkpoint(run_dir)
+    rest = [p for p in reversed(list_checkpoints(run_dir)) if p != first]
+    return ([first] if first is not None else []) + rest
+
+
+def open_intact(
+    run_dir: str | Path, read: Callable[[Path], T], warn: Callable[[str], None]
+) -> tuple[Path, T] | None:
+    """``read`` the best intact checkpoint of a run: verified checksums, and ``read`` itself succeeds.
+
+    A damaged one is reported through ``warn`` (naming the file) and the previous one is tried; None
+    when the run has no checkpoint; CheckpointError listing every failure when none is intact.
+    """
+    errors = []
+    for ckpt in candidates(run_dir):
+        try:
+            verify_checkpoint(ckpt)
+            return ckpt, read(ckpt)
+        except CheckpointError as err:
+            errors.append(str(err))
+            warn(f"warning: skipping checkpoint {ckpt}: {err}")
+    if errors:
+        raise CheckpointError(f"no intact checkpoint in {run_dir}: " + "; ".join(errors))
+    return None
+
+
+def open_checkpoint(
+    path: str | Path, read: Callable[[Path], T], warn: Callable[[str], None]
+) -> tuple[Path, T]:
+    """Like :func:`open_intact` for anything :func:`find_checkpoint` takes: a checkpoint directory (or a
+    file in one) is verified and read as asked, with no fallback; a run dir falls back."""
+    path = Path(path)
+    if path.is_file() and path.parent.joinpath("meta.json").is_file():
+        path = path.parent
+    if path.is_dir() and (path / "meta.json").is_file():
+        verify_checkpoint(path)
+        return path, read(path)
+    for run_dir in (path, path.parent) if path.name == CKPT_SUBDIR else (path,):
+        found = open_intact(run_dir, read, warn)
+        if found is not None:
+            return found
+    raise CheckpointError(f"{path}: no complete fasterdit checkpoint found")
+
+
+def quarantine(ckpt: str | Path) -> Path | None:
+    """Rename a damaged checkpoint to ``corrupt-step-*`` (kept for inspection, never used or pruned)."""
+    ckpt = Path(ckpt)
+    dest = ckpt.with_name(_CORRUPT + ckpt.name)
+    if dest.exists():
+        return None
+    try:
+        os.replace(ckpt, dest)
+    except OSError:
+        return None
+    return dest
+
+
+def nonfinite_names(named: dict[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors that hold a NaN or an infinity.
+
+    One fused max-abs reduction over all tensors and one host sync: cheap enough for every save.
+    """
+    items = [(k, v.detach()) for k, v in named.items() if v.is_floating_point()]
+    if not items:
+        return []
+    maxabs = torch.stack([m.float() for m in torch._foreach_norm([v for _, v in items], float("inf"))])
+    bad = ~torch.isfinite(maxabs)
+    if not bool(bad.any()):
+        return []
+    return [items[i][0] for i in bad.nonzero().flatten().tolist()]
 
 
 # ----------------------------------------------------------------------------------------------------
 # save
 # ----------------------------------------------------------------------------------------------------
+
+
+def _tensor_bytes(obj: Any) -> int:
+    """Bytes of the tensors in a nested state (what a checkpoint of it will take, give or take headers)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
+
+
+def _checkpoint_bytes(ckpt: Path | None) -> int:
+    if ckpt is None:
+        return 0
+    try:
+        return sum(int(v) for v in read_meta(ckpt)["files"].values())
+    except (CheckpointError, KeyError, TypeError, ValueError, AttributeError):
+        return 0
+
+
+def _device_of(path: Path) -> str:
+    """The filesystem holding ``path``, as "SOURCE (mounted at MOUNT)" where /proc/self/mounts says."""
+    mount = path.resolve()
+    while not os.path.ismount(mount) and mount != mount.parent:
+        mount = mount.parent
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/mounts").read_text().splitlines():
+            fields = line.split()
+            if len(fields) > 1 and fields[1] == str(mount):
+                return f"{fields[0]} (mounted at {mount})"
+    return str(mount)
+
+
+def _no_space(root: Path, target: Path | str, needed: int, free: int) -> str:
+    return (
+        f"no space left on {_device_of(root)} writing {target}: "
+        f"{needed / _MB:.1f} MB needed, {free / _MB:.1f} MB free"
+    )
+
+
+def _check_space(root: Path, final: Path, needed: int) -> str | None:
+    """A message when the filesystem cannot hold another checkpoint of ``needed`` bytes, else None."""
+    free = shutil.disk_usage(root).free
+    if free < needed + _SPACE_MARGIN:
+        return _no_space(root, final, needed + _SPACE_MARGIN, free)
+    return None
+
+
+def _write_files(
+    tmp: Path,
+    step: int,
+    model_state: dict[str, torch.Tensor],
+    ema_state: dict[str, torch.Tensor] | None,
+    train_state: dict[str, Any],
+    meta: dict[str, Any],
+) -> None:
+    """Every file of a checkpoint into ``tmp``, fsynced, with meta.json (sizes + SHA-256) last."""
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    _save_tensors(model_state, tmp / "model.safetensors")
+    if ema_state is not None:
+        _save_tensors(ema_state, tmp / "ema.safetensors")
+    _save_torch(train_state, tmp / "state.pt")
+    names = sorted(p.name for p in tmp.iterdir())
+    full_meta = {
+        "format": FORMAT,
+        "version": VERSION,
+        "step": int(step),
+        "files": {n: (tmp / n).stat().st_size for n in names},
+        "sha256": {n: _sha256(tmp / n) for n in names},
+        "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **meta,
+    }
+    with open(tmp / "meta.json", "w") as f:
+        json.dump(full_meta, f, indent=1, default=_json_default)
+        f.flush()
+        os.fsync(f.fileno())
+    _fsync_dir(tmp)
+
+
+def _install(tmp: Path, final: Path) -> None:
+    """Rename the finished ``tmp`` to ``final``; an existing ``final`` (a checkpoint of the same step
+    from an earlier attempt, possibly damaged) goes to the trash first: the newest state wins."""
+    if final.exists():
+        old = final.with_name(f"{_TRASH}{final.name}-{os.getpid()}")
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
 
 
 def save_checkpoint(
@@ -217,50 +499,31 @@ def save_checkpoint(
     ema_state: dict[str, torch.Tensor] | None,
     train_state: dict[str, Any],
     meta: dict[str, Any],
-    keep_last: int = 3,
+    keep_last: int | None = 3,
 ) -> Path:
-    """Write ``checkpoints/step-<step>`` atomically, point ``latest`` at it, prune to ``keep_last``.
+    """Write ``checkpoints/step-<step>`` atomically, point ``latest`` at it, prune to ``keep_last``
+    (``None``: prune nothing).
 
-    On any write error (disk full, permission, I/O) the partial files are removed, the previous
-    checkpoint and pointer are left as they were, and a CheckpointError names both.
+    Before writing, the free space is checked against the size of the previous checkpoint (or of the
+    state, for the first): a full disk is reported before a byte is written. On any write error (disk
+    full, permission, I/O) the partial files are removed, the previous checkpoint and pointer are left
+    as they were, and a CheckpointError names the file, the cause and what is intact.
     """
     root = Path(run_dir) / CKPT_SUBDIR
     name = f"{_PREFIX}{int(step):09d}"
     final = root / name
     previous = latest_checkpoint(run_dir)
-    if final.is_dir() and is_complete(final):
-        # Same step already saved (e.g. a signal right after a periodic save): the state is identical.
-        _point_latest(root, name, previous)
-        return final
+    kept = f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint exists"
+    needed = max(_checkpoint_bytes(previous), _tensor_bytes([model_state, ema_state, train_state]))
     tmp = root / f"{_TMP}{name}-{os.getpid()}"
     moved = False
     try:
         root.mkdir(parents=True, exist_ok=True)
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir()
-        _save_tensors(model_state, tmp / "model.safetensors")
-        if ema_state is not None:
-            _save_tensors(ema_state, tmp / "ema.safetensors")
-        _save_torch(train_state, tmp / "state.pt")
-        files = {p.name: p.stat().st_size for p in tmp.iterdir()}
-        full_meta = {
-            "format": FORMAT,
-            "version": VERSION,
-            "step": int(step),
-            "files": files,
-            "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            **meta,
-        }
-        meta_path = tmp / "meta.json"
-        with open(meta_path, "w") as f:
-            json.dump(full_meta, f, indent=1, default=_json_default)
-            f.flush()
-            os.fsync(f.fileno())
-        _fsync_dir(tmp)
-        if final.exists():  # an incomplete directory of the same name (from a copy, never from us)
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        full = _check_space(root, final, needed)
+        if full is not None:
+            raise CheckpointError(f"{full}; {kept}. Free disk space and resume.")
+        _write_files(tmp, step, model_state, ema_state, train_state, meta)
+        _install(tmp, final)
         moved = True
         _fsync_dir(root)
         atomic_write_text(root / LATEST, name + "\n")
@@ -269,14 +532,26 @@ def save_checkpoint(
         if moved:
             shutil.rmtree(final, ignore_errors=True)
             _point_latest(root, previous.name if previous else None, None, quiet=True)
-        what = err.strerror or str(err)
-        kept = f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint exists"
         raise CheckpointError(
-            f"could not write checkpoint {final} ({what}{': ' + err.filename if err.filename else ''}); "
-            f"{kept}. Free disk space or fix permissions and resume."
+            f"{_write_error(err, root, tmp, final, needed)}; {kept}. "
+            "Free disk space or fix permissions and resume."
         ) from err
-    prune_checkpoints(run_dir, keep_last, protect=final)
+    if keep_last is not None:
+        prune_checkpoints(run_dir, keep_last, protect=final)
     return final
+
+
+def _write_error(err: OSError, root: Path, tmp: Path, final: Path, needed: int) -> str:
+    """The message of a failed write: "no space left ..." when the disk is the cause (by errno, or, for
+    writers that lose the errno, because the free space left is below what the checkpoint needs).
+    A file of the (already removed) temp directory is named by its place in the final checkpoint."""
+    target = Path(err.filename) if err.filename else final
+    if target.parent == tmp:
+        target = final / target.name
+    free = shutil.disk_usage(root).free if root.is_dir() else 0
+    if err.errno in (errno.ENOSPC, errno.EDQUOT) or (err.errno is None and free < needed + _SPACE_MARGIN):
+        return _no_space(root, target, needed + _SPACE_MARGIN, free)
+    return f"could not write checkpoint {final} ({err.strerror or err}: {target})"
 
 
 def _point_latest(root: Path, name: str | None, previous: Path | None, quiet: bool = False) -> None:
@@ -290,15 +565,16 @@ def _point_latest(root: Path, name: str | None, previous: Path | None, quiet: bo
 
 
 def prune_checkpoints(run_dir: str | Path, keep_last: int, protect: Path | None = None) -> list[Path]:
-    """Delete all but the newest ``keep_last`` complete checkpoints (never ``protect``)."""
+    """Delete all but the newest ``keep_last`` complete checkpoints (never ``protect``), each renamed
+    to a trash name before it is deleted."""
     ckpts = list_checkpoints(run_dir)
     doomed = ckpts[: max(0, len(ckpts) - keep_last)]
     removed = []
     for p in doomed:
         if protect is not None and p.resolve() == Path(protect).resolve():
             continue
-        shutil.rmtree(p, ignore_errors=True)
-        removed.append(p)
+        if _remove_tree(p):
+            removed.append(p)
     return removed
 
 
@@ -312,15 +588,23 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
+#: what torch.load raises on a damaged or foreign state.pt (weights_only refusals are UnpicklingError)
+_STATE_ERRORS = (RuntimeError, pickle.UnpicklingError, EOFError, OSError, ValueError, KeyError,
+                 IndexError, zipfile.BadZipFile, UnicodeDecodeError, OverflowError)  # fmt: skip
+
+
 def load_train_state(ckpt: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """The full training state (optimizer, RNGs, data position...) of a checkpoint directory."""
     path = Path(ckpt) / "state.pt"
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except _STATE_ERRORS as err:
         raise CheckpointError(
             f"{path}: cannot read the training state ({type(err).__name__}: {err})"
         ) from err
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: not a training state (a {type(state).__name__})")
+    return state
 
 
 def load_tensors(
@@ -334,5 +618,5 @@ def load_tensors(
         raise CheckpointError(f"{path}: missing ({which} weights not saved in this checkpoint)")
     try:
         return load_file(str(path), device=str(device))
-    except Exception as err:
+    except (SafetensorError, OSError, ValueError, OverflowError, RuntimeError) as err:
         raise CheckpointError(f"{path}: cannot read weights ({type(err).__name__}: {err})") from err

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -210,9 +211,12 @@ def _coerce(value: Any, tp: Any, name: str) -> Any:
         if isinstance(value, bool):
             raise ConfigError(name, f"expected a number, got {value!r}")
         try:
-            return float(value)
+            f = float(value)
         except (TypeError, ValueError):
             raise ConfigError(name, f"expected a number, got {value!r}") from None
+        if not math.isfinite(f):  # .inf / .nan parse as floats and would train NaN weights
+            raise ConfigError(name, f"must be a finite number, got {value!r}")
+        return f
     if tp is str:
         if isinstance(value, (dict, list)):
             raise ConfigError(name, f"expected a string, got {value!r}")
@@ -377,8 +381,21 @@ def _check(ok: bool, name: str, msg: str) -> None:
         raise ConfigError(name, msg)
 
 
+def _nonfinite_paths(value: Any, name: str) -> list[str]:
+    """Dotted names of the non-finite floats in a nested value (recipe overrides are untyped here)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return [name]
+    if isinstance(value, dict):
+        return [p for k, v in value.items() for p in _nonfinite_paths(v, f"{name}.{k}")]
+    if isinstance(value, (list, tuple)):
+        return [p for i, v in enumerate(value) for p in _nonfinite_paths(v, f"{name}[{i}]")]
+    return []
+
+
 def _validate(cfg: RunConfig) -> None:
     o, t, lg, s, e = cfg.optim, cfg.train, cfg.log, cfg.sample, cfg.eval
+    bad = _nonfinite_paths(cfg.recipe_overrides, "recipe")
+    _check(not bad, bad[0] if bad else "recipe", "must be a finite number, got a NaN or an infinity")
     _check(bool(cfg.recipe.strip()), "recipe", "must name a preset (dit, sit, fasterdit) or a recipe YAML")
     _check(bool(cfg.model.name.strip()), "model.name", "must name a model config (fasterdit info --list)")
     _check(
@@ -446,7 +463,9 @@ def _validate(cfg: RunConfig) -> None:
         f"must be class indices >= 0, got {s.classes}",
     )
     _check(e.every >= 0, "eval.every", f"must be >= 0 (0 = off), got {e.every}")
-    _check(e.num_samples >= 1, "eval.num_samples", f"must be >= 1, got {e.num_samples}")
+    _check(
+        e.num_samples >= 2, "eval.num_samples", f"must be >= 2 (FID needs a covariance), got {e.num_samples}"
+    )
     _check(e.steps is None or e.steps >= 1, "eval.steps", f"must be >= 1, got {e.steps}")
 
 

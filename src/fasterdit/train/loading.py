@@ -1,15 +1,17 @@
 """Load a trained model for sampling or evaluation: from a run dir, one of our checkpoints, or an
-official DiT ``.pt``.
+official DiT or SiT ``.pt``.
 
 Why one entry point: ``fasterdit sample``, ``fasterdit eval``, the benchmarks and users' notebooks all
 need "the model, the recipe that trained it, and what its data looked like", whatever produced the file.
 Our checkpoints carry all three (``meta.json``); official DiT checkpoints are the ``dit`` recipe on
-SD-VAE latents by construction (DDPM-linear, ε, learned variance; latents already × 0.18215).
+SD-VAE latents by construction (DDPM-linear, ε, learned variance; latents already × 0.18215), official
+SiT checkpoints the ``sit`` recipe in SiT's reversed time. Each comes with its code's sampling defaults.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import sys
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +21,35 @@ from fasterdit.errors import DataError
 from fasterdit.train import checkpoint as ckpt_mod
 from fasterdit.train.config import RunConfig, config_from_dict
 
-__all__ = ["LoadedModel", "load_model", "load_trained"]
+__all__ = ["LoadedModel", "SamplingDefaults", "load_model", "load_trained"]
 
 #: the VAE the official DiT sample.py decodes with by default
 OFFICIAL_DEFAULT_VAE = "stabilityai/sd-vae-ft-mse"
+
+
+@dataclass(frozen=True)
+class SamplingDefaults:
+    """How the code that wrote a checkpoint samples it: the defaults of ``fasterdit sample``.
+
+    Official checkpoints get their repository's ``sample.py`` settings, guidance of the first 3
+    channels included (their ``forward_with_cfg`` guides ``[:, :3]``). fasterdit's own runs get the
+    run's ``sample`` config and guide every channel: that is classifier-free guidance as defined
+    (the official code's own comment calls all channels "the standard approach" and keeps 3 only to
+    reproduce its earlier numbers), and for 4-channel latents guiding 3 leaves one latent channel
+    unguided for no reason; ``--guide-channels 3`` is there for comparisons with the references.
+    """
+
+    sampler: str
+    steps: int
+    cfg_scale: float
+    guide_channels: int | None = None  # None: every prediction channel
+    sampler_kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+#: DiT's sample.py: 250 DDPM steps (learned variance), CFG 4, guidance on 3 channels
+DIT_SAMPLE = SamplingDefaults("ddpm", 250, 4.0, 3)
+#: SiT's sample.py (ODE mode): dopri5 with atol 1e-6, rtol 1e-3, CFG 4, guidance on 3 channels
+SIT_SAMPLE = SamplingDefaults("dopri5", 250, 4.0, 3, {"atol": 1e-6, "rtol": 1e-3})
 
 
 @dataclass
@@ -30,10 +57,15 @@ class LoadedModel:
     model: torch.nn.Module
     recipe: Any
     cfg: RunConfig
+    sampling: SamplingDefaults
     data: dict[str, Any] = field(default_factory=dict)  # channels, resolution, num_classes, is_latent, vae...
     step: int | None = None
-    source: str = "fasterdit"  # "fasterdit" or "official"
+    source: str = "fasterdit"  # "fasterdit", "official-dit" or "official-sit"
     path: Path | None = None
+
+    @property
+    def official(self) -> bool:
+        return self.source != "fasterdit"
 
 
 def _is_ours(path: Path) -> bool:
@@ -42,14 +74,17 @@ def _is_ours(path: Path) -> bool:
     return path.is_file() and (path.parent / "meta.json").is_file()
 
 
-def load_trained(path: str | Path, ema: bool = True, device: str | torch.device = "cpu") -> LoadedModel:
-    """Everything needed to sample a checkpoint; see :func:`load_model`."""
+def load_trained(
+    path: str | Path, ema: bool = True, device: str | torch.device = "cpu", family: str | None = None
+) -> LoadedModel:
+    """Everything needed to sample a checkpoint; see :func:`load_model`. ``family`` (``dit`` or
+    ``sit``) says which official code wrote a ``.pt`` when neither its name nor its ``args`` say."""
     path = Path(path).expanduser()
     if not path.exists():
         raise DataError(f"{path}: no such run directory, checkpoint or file")
     if _is_ours(path):
         return _load_ours(path, ema, device)
-    return _load_official(path, ema, device)
+    return _load_official(path, ema, device, family)
 
 
 def load_model(path: str | Path, ema: bool = True, device: str | torch.device = "cpu"):
@@ -61,12 +96,23 @@ def load_model(path: str | Path, ema: bool = True, device: str | torch.device = 
     return lm.model, lm.recipe, lm.cfg
 
 
+def _warn(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _read_ours(ckpt: Path, ema: bool) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """meta.json and the (EMA) weights of one of our checkpoints; CheckpointError if unreadable."""
+    meta = ckpt_mod.read_meta(ckpt)
+    which = "ema" if ema and (ckpt / "ema.safetensors").is_file() else "model"
+    return meta, ckpt_mod.load_tensors(ckpt, which, device="cpu")
+
+
 def _load_ours(path: Path, ema: bool, device) -> LoadedModel:
     from fasterdit.diffusion.recipe import Recipe
     from fasterdit.models import create_model
 
-    ckpt = ckpt_mod.find_checkpoint(path)
-    meta = ckpt_mod.read_meta(ckpt)
+    # checksums verified; a damaged newest checkpoint of a run dir falls back to the previous one
+    ckpt, (meta, state) = ckpt_mod.open_checkpoint(path, lambda c: _read_ours(c, ema), _warn)
     cfg = config_from_dict(meta["config"])
     recipe = Recipe.from_dict(meta["recipe"])
     m = dict(meta["model"])
@@ -74,30 +120,43 @@ def _load_ours(path: Path, ema: bool, device) -> LoadedModel:
     m["grad_checkpointing"] = False
     with torch.device("meta"):
         model = create_model(name, **m)
-    which = "ema" if ema and (ckpt / "ema.safetensors").is_file() else "model"
-    state = ckpt_mod.load_tensors(ckpt, which, device="cpu")
     model.load_state_dict(state, strict=True, assign=True)
     model = model.float().to(device).eval()
-    return LoadedModel(model, recipe, cfg, dict(meta.get("data", {})), int(meta["step"]), "fasterdit", ckpt)
+    s = cfg.sample
+    sampling = SamplingDefaults(s.sampler or recipe.sampler.name, s.steps, s.cfg_scale)
+    data = dict(meta.get("data", {}))
+    return LoadedModel(model, recipe, cfg, sampling, data, int(meta["step"]), "fasterdit", ckpt)
 
 
-def _load_official(path: Path, ema: bool, device) -> LoadedModel:
+def _load_official(path: Path, ema: bool, device, family: str | None) -> LoadedModel:
+    """An official DiT or SiT checkpoint as the recipe its code trained and samples it with.
+
+    DiT: the ``dit`` preset (DDPM-linear, ε, learned variance, step index 0..999). SiT: the ``sit``
+    preset (Linear path, velocity) with SiT's time ``s = 1 − t`` fed unscaled (``time_input:
+    reversed``), whose velocity output the recipe negates. Both are trained on SD-VAE latents
+    already multiplied by 0.18215, so no data scaling applies.
+    """
     from fasterdit.diffusion.recipe import get_preset
-    from fasterdit.models import load_official_checkpoint
+    from fasterdit.models.official import load_official
 
-    model = load_official_checkpoint(path, device=device, prefer_ema=ema)
-    recipe = get_preset("dit")
-    name = getattr(model, "config_name", None) or "DiT-XL/2"
+    loaded = load_official(path, device=device, prefer_ema=ema, family=family)
+    model = loaded.model
+    if loaded.family == "sit":
+        recipe = replace(get_preset("sit"), name="sit-official", time_input="reversed").validate()
+        sampling = SIT_SAMPLE
+    else:
+        recipe, sampling = get_preset("dit"), DIT_SAMPLE
     latent = model.in_channels == 4
+    if model.in_channels < 3:
+        sampling = replace(sampling, guide_channels=None)
+    dropout = float(model.y_embedder.dropout_prob) if model.y_embedder is not None else 0.0
     cfg = config_from_dict(
         {
-            "recipe": "dit",
+            "recipe": "dit" if loaded.family == "dit" else "sit",
             "model": {
-                "name": name,
+                "name": loaded.config_name or "DiT-XL/2",
                 "learn_sigma": model.learn_sigma,
-                "class_dropout_prob": float(getattr(model.y_embedder, "dropout_prob", 0.0) or 0.0)
-                if model.y_embedder is not None
-                else 0.0,
+                "class_dropout_prob": dropout,
             },
             "data": {"source": str(path)},
         }
@@ -111,4 +170,4 @@ def _load_official(path: Path, ema: bool, device) -> LoadedModel:
         is_latent=latent,
         vae=OFFICIAL_DEFAULT_VAE if latent else None,
     )
-    return LoadedModel(model, recipe, cfg, data, None, "official", path)
+    return LoadedModel(model, recipe, cfg, sampling, data, None, f"official-{loaded.family}", path)

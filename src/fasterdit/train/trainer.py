@@ -17,6 +17,11 @@ How one optimizer step works (the hot path), and why:
    non-blocking copy (the "lagged read"), which is also how per-step losses, the NaN streak and, under
    DDP, a stop request reach the host without stalling the GPU pipeline.
 5. Logging, sample grids, evaluation and checkpoints happen at their intervals only.
+
+Reliability (docs/training.md, "Guarantees"): rank 0 holds an exclusive lock on the run directory for
+the whole job; a checkpoint is written only from finite weights (one fused check per save) and never
+prunes during a non-finite streak; resume verifies checksums and falls back to the previous intact
+checkpoint; a stop signal is honoured within one step, a grid's sampling step or an evaluation batch.
 """
 
 from __future__ import annotations
@@ -50,11 +55,20 @@ from fasterdit.train.data_source import (
     derive_seed,
     rank_slice,
 )
-from fasterdit.train.distributed import DistInfo, all_reduce_sum, barrier, gather_objects, init_distributed
+from fasterdit.train.distributed import (
+    DistInfo,
+    all_reduce_sum,
+    barrier,
+    broadcast_object,
+    gather_objects,
+    init_distributed,
+)
 from fasterdit.train.ema import EMA
 from fasterdit.train.logging import MetricsLogger, Progress, plot_eval_curve, plot_loss_curve
+from fasterdit.train.preflight import check_memory, recipe_differences
+from fasterdit.train.runlock import RunDirLocked, RunLock
 
-__all__ = ["TrainResult", "Trainer", "TrainingAborted", "train"]
+__all__ = ["TrainResult", "Trainer", "TrainingAborted", "TrainingInterrupted", "train"]
 
 INIT_TAG = 5
 EVAL_TAG = 6
@@ -62,6 +76,18 @@ EVAL_TAG = 6
 
 class TrainingAborted(UserError):
     """Training stopped on purpose (e.g. a stream of non-finite losses); the message says what is intact."""
+
+
+class TrainingInterrupted(UserError):
+    """A second Ctrl-C stopped the run at once, without a checkpoint; the message says what is on disk."""
+
+
+class _StopRequested(Exception):
+    """Raised inside a sample grid or an evaluation when a stop signal arrives (see ``_interruptible``)."""
+
+
+#: what a damaged state.pt's RNG or optimizer entries raise when applied (e.g. random.setstate)
+_STATE_APPLY_ERRORS = (OverflowError, ValueError, TypeError, KeyError, IndexError, RuntimeError)
 
 
 @dataclass
@@ -160,13 +186,18 @@ class Trainer:
         resume: bool = True,
         show_progress: bool | None = None,
         install_signal_handlers: bool = True,
+        allow_config_change: bool = False,
     ):
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.dist = dist_info or init_distributed(cfg.train.device)
         # ---- every config check before any work (raises ConfigError/DataError naming the field)
         self.recipe, self.source = check_config(cfg, self.dist.world_size)
+        check_memory(cfg, self.source, self.recipe, self.dist)
         self.resume = resume
+        self.allow_config_change = allow_config_change
+        self.step = 0
+        self.last_ckpt: Path | None = None
         self.show_progress = cfg.log.progress if show_progress is None else show_progress
         self.install_signal_handlers = install_signal_handlers
         self.loss_hook: Callable[[int, dict], dict] | None = None
@@ -282,41 +313,89 @@ class Trainer:
 
     # ------------------------------------------------------------------ resume
     def _try_resume(self) -> Path | None:
+        """Resume from the best intact checkpoint; a damaged one is moved aside with a warning.
+
+        Rank 0 verifies the checksums (reading every byte once), every rank then reads the files, and
+        the ranks agree on the outcome, so a DDP job resumes from the same checkpoint on every rank.
+        """
         if not self.resume:
             return None
-        found = ckpt_mod.latest_checkpoint(self.run_dir)
-        found = _broadcast_path(found)
-        if found is None:
-            return None
-        meta = ckpt_mod.read_meta(found)
-        self._check_compatible(meta)
-        from safetensors.torch import load_file
+        main = self.dist.is_main
+        names = broadcast_object([str(p) for p in ckpt_mod.candidates(self.run_dir)] if main else None)
+        errors = []
+        for name in names:
+            path = Path(name)
+            err = broadcast_object(_verify_error(path) if main else None)
+            corrupt = err is not None
+            if err is None:
+                err = next((e for e in gather_objects(self._load_checkpoint(path)) if e is not None), None)
+            if err is None:
+                self.last_ckpt = path
+                return path
+            errors.append(err)
+            # a file that fails its checksum is moved aside; one that verifies but does not load is left
+            moved = ckpt_mod.quarantine(path) if main and corrupt else None
+            self._say(
+                f"warning: checkpoint {path} is damaged ({err}); "
+                + (f"moved it to {moved.name}; " if moved else "")
+                + "falling back to the previous checkpoint"
+            )
+        if errors:
+            raise ckpt_mod.CheckpointError(
+                f"no intact checkpoint in {self.run_dir / ckpt_mod.CKPT_SUBDIR} ({'; '.join(errors)}); "
+                "nothing was trained. Restore a checkpoint or start a new --run-dir"
+            )
+        return None
 
-        self.model.load_state_dict(load_file(str(found / "model.safetensors"), device=str(self.device)))
-        self.ema.load_state_dict(load_file(str(found / "ema.safetensors"), device=str(self.device)))
-        state = ckpt_mod.load_train_state(found, map_location="cpu")
-        self.opt.load_state_dict(state["optimizer"])
-        self.step = int(state["step"])
-        self.images_seen = int(state["images_seen"])
-        self.skipped_total = int(state.get("skipped_total", 0))
-        self.ema.num_updates = int(state.get("ema_updates", self.step))
+    def _load_checkpoint(self, path: Path) -> str | None:
+        """Load a checkpoint into this trainer; the reason when its files cannot be read, else None.
+
+        A config that does not match the run raises (ConfigError): that is the user's choice to fix,
+        not a damaged file to fall back from.
+        """
+        try:
+            meta = ckpt_mod.read_meta(path)
+            self._check_compatible(meta)
+            model_sd = ckpt_mod.load_tensors(path, "model", device=self.device)
+            ema_sd = ckpt_mod.load_tensors(path, "ema", device=self.device)
+            state = ckpt_mod.load_train_state(path, map_location="cpu")
+            self._apply_state(path, model_sd, ema_sd, state)
+        except ckpt_mod.CheckpointError as err:
+            return str(err)
+        return None
+
+    def _apply_state(self, path: Path, model_sd: dict, ema_sd: dict, state: dict[str, Any]) -> None:
+        """Put a checkpoint's weights, optimizer, counters and RNG states in place.
+
+        Every field is overwritten, so a later candidate replaces whatever a failed one left behind.
+        """
+        self.model.load_state_dict(model_sd)
+        self.ema.load_state_dict(ema_sd)
+        try:
+            self.opt.load_state_dict(state["optimizer"])
+            self.step = int(state["step"])
+            self.images_seen = int(state["images_seen"])
+            self.skipped_total = int(state.get("skipped_total", 0))
+            self.ema.num_updates = int(state.get("ema_updates", self.step))
+            rng = state.get("rng", [])
+            if len(rng) == self.dist.world_size:
+                _set_rng_state(rng[self.dist.rank])
+            elif rng:
+                _set_rng_state(rng[0])
+        except _STATE_APPLY_ERRORS as err:
+            raise ckpt_mod.CheckpointError(
+                f"{path / 'state.pt'}: invalid training state ({type(err).__name__}: {err})"
+            ) from err
+        for name, st in state.get("generators", {}).items():
+            if name == "step" and st is not None:
+                with contextlib.suppress(RuntimeError):  # another device type: reseeded every step anyway
+                    self.gen.set_state(st)
         data = state.get("data", {})
         if int(data.get("size", len(self.source))) != len(self.source):
             self._say(
                 f"warning: the dataset has {len(self.source)} items but the checkpoint was trained on "
                 f"{data.get('size')}; the data order will differ from an uninterrupted run"
             )
-        rng = state.get("rng", [])
-        if len(rng) == self.dist.world_size:
-            _set_rng_state(rng[self.dist.rank])
-        elif rng:
-            _set_rng_state(rng[0])
-        for name, st in state.get("generators", {}).items():
-            if name == "step" and st is not None:
-                with contextlib.suppress(RuntimeError):
-                    self.gen.set_state(st)
-        self.last_ckpt = found
-        return found
 
     def _check_compatible(self, meta: dict[str, Any]) -> None:
         old = meta.get("config", {})
@@ -335,6 +414,24 @@ class Trainer:
                     f"the run in {self.run_dir} was trained with {a!r}, this config "
                     f"has {b!r}; use a new --run-dir or the run's own config",
                 )
+        if self.allow_config_change:
+            return
+        # the seed and the recipe define the run's draws and its objective: changing them on resume is
+        # a different experiment, so it takes an explicit --allow-config-change
+        seed = old.get("seed")
+        if seed is not None and seed != self.cfg.seed:
+            raise ConfigError(
+                "seed",
+                f"the run in {self.run_dir} was trained with seed {seed}, this config has {self.cfg.seed}; "
+                "use the run's seed, a new --run-dir, or --allow-config-change to resume anyway",
+            )
+        diffs = recipe_differences(meta.get("recipe"), self.recipe)
+        if diffs:
+            raise ConfigError(
+                "recipe",
+                f"the run in {self.run_dir} was trained with a different recipe ({'; '.join(diffs[:5])}); "
+                "use the run's recipe, a new --run-dir, or --allow-config-change to resume anyway",
+            )
 
     # ------------------------------------------------------------------ helpers
     def lr_at(self, step: int) -> float:
@@ -524,13 +621,28 @@ class Trainer:
             if self.streak >= self.cfg.train.max_nonfinite:
                 self._abort_nonfinite(step)
 
-    def _abort_nonfinite(self, step: int) -> None:
+    def _last_good(self) -> str:
+        """What the abort messages say about the last checkpoint: "intact" only after checking it."""
         last = self.last_ckpt
-        kept = (
-            f"the last good checkpoint is {last} (step {ckpt_mod.checkpoint_step(last)}) and it is intact"
-            if last
-            else "no checkpoint had been written yet"
-        )
+        if last is None:
+            return "no checkpoint had been written yet"
+        step = ckpt_mod.checkpoint_step(last)
+        err = _verify_error(last)
+        if err is None:
+            try:
+                bad = ckpt_mod.nonfinite_names(
+                    {**ckpt_mod.load_tensors(last, "model"), **ckpt_mod.load_tensors(last, "ema")}
+                )
+            except ckpt_mod.CheckpointError as e:
+                err = str(e)
+            else:
+                err = f"it holds non-finite weights ({', '.join(bad[:3])})" if bad else None
+        if err is not None:
+            return f"the last checkpoint {last} (step {step}) is NOT intact: {err}"
+        return f"the last good checkpoint is {last} (step {step}): intact (checksums ok, weights finite)"
+
+    def _abort_nonfinite(self, step: int) -> None:
+        kept = self._last_good()
         raise TrainingAborted(
             f"training aborted at step {step + 1}: the loss or gradient was non-finite for "
             f"{self.streak} consecutive steps (steps {self.streak_start + 1}..{step + 1}; "
@@ -623,17 +735,20 @@ class Trainer:
             self.cfg.eval.every = 0
             return
         t0 = time.time()
-        res = evaluate(
-            self.ema.model,
-            self.recipe,
+        kwargs = dict(
             dataset=self.cfg.data.source,
             num_samples=e.num_samples,
             sampler=e.sampler or s.sampler or recipe_sampler(self.recipe),
             steps=e.steps or s.steps,
             cfg_scale=s.cfg_scale if e.cfg_scale is None else e.cfg_scale,
             seed=derive_seed(self.cfg.seed, EVAL_TAG) % (2**31),
-            device=self.device,
         )
+        if self.dist.distributed:
+            res = self._evaluate_shared(**kwargs)
+            if res is None:  # ranks > 0 sampled their share; rank 0 scores and logs
+                return
+        else:
+            res = evaluate(self.ema.model, self.recipe, device=self.device, **kwargs)
         vals = {k: v for k, v in res.items() if isinstance(v, (int, float, str))}
         vals.setdefault("num_samples", e.num_samples)
         vals["eval_seconds"] = round(time.time() - t0, 2)
@@ -644,9 +759,55 @@ class Trainer:
                 + (f", class accuracy {vals['class_accuracy']:.3f}" if "class_accuracy" in vals else "")
             )
 
+    def _evaluate_shared(
+        self, *, dataset: str, num_samples: int, sampler: str, steps: int, cfg_scale: float, seed: int
+    ) -> dict[str, Any] | None:
+        """``eval.every`` under DDP: every rank samples its share of the batches (per-index noise,
+        balanced labels, as ``fasterdit eval``), rank 0 scores them; None on the other ranks."""
+        from fasterdit.eval import evaluate_samples
+        from fasterdit.eval.sample_job import SampleSettings, sample_shared
+
+        settings = SampleSettings(num_samples, seed, sampler, steps, float(cfg_scale), label_mode="balanced")
+        t0 = time.time()
+        got = sample_shared(self.ema.model, self.recipe, settings, batch_size=250, dist=self.dist,
+                            abort=_StopRequested)  # fmt: skip
+        if got is None:
+            return None
+        images, labels, nfe = got
+        res = evaluate_samples(images, labels, dataset, device=self.device)
+        res.update(nfe=nfe, sampler=sampler, steps=steps, cfg_scale=float(cfg_scale), seed=seed,
+                   sample_seconds=round(time.time() - t0, 3), world_size=self.dist.world_size)  # fmt: skip
+        return res
+
+    def _nonfinite_state(self) -> list[str]:
+        """Names of non-finite weights, EMA weights or optimizer moments (rank 0 checks, all ranks agree)."""
+        bad = None
+        if self.dist.is_main:
+            named = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+            named.update({f"ema.{k}": v for k, v in self.ema.state_dict().items()})
+            for i, st in enumerate(self.opt.state.values()):
+                named.update({f"optimizer.{i}.{k}": v for k, v in st.items() if isinstance(v, torch.Tensor)})
+            bad = ckpt_mod.nonfinite_names(named)
+        return broadcast_object(bad)
+
     def save(self) -> Path | None:
-        """Write a checkpoint of the current state (rank 0 writes; every rank contributes its RNG state)."""
+        """Write a checkpoint of the current state (rank 0 writes; every rank contributes its RNG state).
+
+        Refuses (TrainingAborted) when a weight, EMA weight or optimizer moment is not finite, so no
+        checkpoint ever holds NaN weights; during a non-finite streak it prunes nothing, so the last
+        checkpoint before the streak survives. A state already on disk (same step) is not rewritten.
+        """
         self._drain(0)
+        if self.last_ckpt is not None and ckpt_mod.checkpoint_step(self.last_ckpt) == self.step:
+            return self.last_ckpt  # resumed from, or saved at, this very step: the state is that file
+        bad = self._nonfinite_state()
+        if bad:
+            raise TrainingAborted(
+                f"training aborted at step {self.step}: the weights are no longer finite "
+                f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}; {len(bad)} tensors) although "
+                f"the loss was, so they were not saved. {self._last_good()}. Lower optim.lr, set "
+                "optim.grad_clip, or check the data; then resume with the same command."
+            )
         rng = gather_objects(_rng_state())
         path = None
         if self.dist.is_main:
@@ -684,15 +845,13 @@ class Trainer:
                     ema_state=self.ema.state_dict(),
                     train_state=state,
                     meta=meta,
-                    keep_last=self.cfg.log.keep_last,
+                    keep_last=None if self.streak else self.cfg.log.keep_last,
                 )
                 err = None
             except ckpt_mod.CheckpointError as e:
                 err = str(e)
         else:
             err = None
-        from fasterdit.train.distributed import broadcast_object
-
         err = broadcast_object(err)
         if err is not None:
             raise ckpt_mod.CheckpointError(err)
@@ -706,7 +865,7 @@ class Trainer:
         samples = self.run_dir / "samples"
         final = samples / f"step-{self.step:09d}.png"
         if not final.exists() and self.grid_enabled:
-            self.sample_grid(final)
+            self._unless_stopped("the final sample grid", self.sample_grid, final)
         if final.exists():
             shutil.copyfile(final, self.run_dir / "samples.png")
         plot_loss_curve(self.run_dir)
@@ -732,6 +891,33 @@ class Trainer:
             self._say(f"warning: no SNR-PDF plot ({type(err).__name__}: {err})")
 
     # ------------------------------------------------------------------ signals
+    @contextlib.contextmanager
+    def _interruptible(self):
+        """Make the EMA model raise _StopRequested at its next forward once a stop signal is in.
+
+        Why: a grid or an evaluation runs hundreds of forwards (35 s and more), longer than a cluster's
+        grace period after SIGTERM; a forward pre-hook checks the flag between them, which costs one
+        attribute read per forward and needs no change to the samplers.
+        """
+
+        def check(_module, _args):
+            if self._stop_signal is not None:
+                raise _StopRequested
+
+        handle = self.ema.model.register_forward_pre_hook(check)
+        try:
+            yield
+        finally:
+            handle.remove()
+
+    def _unless_stopped(self, what: str, fn: Callable[..., Any], *args: Any) -> None:
+        """Run a grid or an evaluation, abandoning it (no output written) when a stop signal arrives."""
+        try:
+            with self._interruptible():
+                fn(*args)
+        except _StopRequested:
+            self._say(f"{self._stop_signal}: {what} abandoned to stop quickly (no file written for it)")
+
     def _handler(self, signum, frame) -> None:
         name = signal.Signals(signum).name
         if self._stop_signal is not None and signum == signal.SIGINT:
@@ -757,11 +943,50 @@ class Trainer:
 
     # ------------------------------------------------------------------ main
     def run(self) -> TrainResult:
+        """Train to ``train.steps`` holding the run-directory lock; resumes from the latest checkpoint.
+
+        A second Ctrl-C raises TrainingInterrupted (a UserError: a message, no traceback).
+        """
+        with self._run_lock():
+            try:
+                return self._run()
+            except KeyboardInterrupt:
+                raise TrainingInterrupted(
+                    f"interrupted by a second Ctrl-C at step {self.step}, without saving; "
+                    + (
+                        f"the last checkpoint {self.last_ckpt} is untouched"
+                        if self.last_ckpt
+                        else "no checkpoint had been written"
+                    )
+                    + ". Run the same command to resume."
+                ) from None
+
+    @contextlib.contextmanager
+    def _run_lock(self):
+        """Rank 0 holds the run-directory lock for the job; every rank learns whether it got it."""
+        lock, err = None, None
+        if self.dist.is_main:
+            try:
+                lock = RunLock(self.run_dir).acquire()
+            except UserError as e:
+                err = e
+        msg = broadcast_object(None if err is None else str(err))
+        if err is not None:
+            raise err
+        if msg is not None:
+            raise RunDirLocked(msg)
+        try:
+            yield
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _run(self) -> TrainResult:
         t_start = time.time()
         cfg, d = self.cfg, self.dist
         if d.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            ckpt_mod.remove_stale_temps(self.run_dir)
+            for p in ckpt_mod.remove_stale_temps(self.run_dir):
+                self._say(f"removed {p}, left by an interrupted checkpoint write or prune")
         barrier()
         self._setup()
         resumed = self._try_resume()
@@ -769,8 +994,9 @@ class Trainer:
             ckpt_mod.atomic_write_text(self.run_dir / "config.yaml", _yaml(self.cfg.to_dict()))
             ckpt_mod.atomic_write_text(self.run_dir / "recipe.yaml", _yaml(self.recipe.to_dict()))
         self.logger = MetricsLogger(self.run_dir, cfg.log.tensorboard, enabled=d.is_main)
-        if resumed is not None:
-            self.logger.truncate_after(self.step)
+        # drop what a previous attempt logged after the state we start from (all of it on a fresh start:
+        # a run killed before its first checkpoint must not leave its steps in the log twice)
+        self.logger.truncate_after(self.step)
         total = cfg.train.steps
         self.progress = (
             Progress(total, self.step, enabled=d.is_main and self.show_progress) if d.is_main else None
@@ -785,7 +1011,8 @@ class Trainer:
                 f"data {cfg.data.source} ({len(self.source)} items), {d.world_size} process(es) on "
                 f"{self.device}, "
                 f"global batch {cfg.train.batch_size} (accum {cfg.train.grad_accum}), "
-                f"{'bf16 autocast' if self.amp_dtype else 'fp32'}; {where}; run dir {self.run_dir}"
+                f"{'bf16 autocast' if self.amp_dtype else 'fp32'}; {where}; run dir {self.run_dir}\n"
+                f"  loss: {self.recipe.loss.describe(self.source.channels)}"
             )
             self._write_snr_plot()
 
@@ -836,18 +1063,20 @@ class Trainer:
                             self.save()
                             ckpt_due = False
                     if self.grid_enabled and lg.sample_every and s % lg.sample_every == 0 and s < total:
-                        self.sample_grid(self.run_dir / "samples" / f"step-{s:09d}.png")
-                    if cfg.eval.every and s % cfg.eval.every == 0 and d.is_main:
-                        self._evaluate(s)
+                        grid = self.run_dir / "samples" / f"step-{s:09d}.png"
+                        self._unless_stopped(f"the sample grid of step {s}", self.sample_grid, grid)
+                    if cfg.eval.every and s % cfg.eval.every == 0:  # every rank samples a share
+                        self._unless_stopped(f"the evaluation of step {s}", self._evaluate, s)
                     if self.after_step_hook is not None:
                         self.after_step_hook(self, s)
                 self._drain(0)
                 if stopped_by is None and self.step >= total:
                     if self.last_ckpt is None or ckpt_mod.checkpoint_step(self.last_ckpt) != self.step:
                         self.save()
-                    if d.is_main and (train_images or not (self.run_dir / "samples.png").exists()):
+                    outputs = d.is_main and bool(train_images or not (self.run_dir / "samples.png").exists())
+                    if broadcast_object(outputs):  # rank 0 decides: the ranks evaluate together
                         if cfg.eval.every and self.step % cfg.eval.every:
-                            self._evaluate(self.step)
+                            self._unless_stopped("the final evaluation", self._evaluate, self.step)
                         self._finish_outputs()
                 elif stopped_by is not None:
                     self.save()
@@ -927,6 +1156,15 @@ def _loss_injection(loss_fn) -> set[str]:
     if has_var_kw and not out:
         out = {"generator"}
     return out
+
+
+def _verify_error(path: Path) -> str | None:
+    """Why a checkpoint fails its size/checksum verification, or None when it passes."""
+    try:
+        ckpt_mod.verify_checkpoint(path)
+    except ckpt_mod.CheckpointError as err:
+        return str(err)
+    return None
 
 
 def _broadcast_path(path: Path | None) -> Path | None:
