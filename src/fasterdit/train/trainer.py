@@ -213,9 +213,10 @@ class Trainer:
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         self.is_cuda = dev.type == "cuda"
-        if self.is_cuda and cfg.train.tf32:
-            torch.set_float32_matmul_precision("high")  # TF32 tensor cores for the fp32 matmuls left
-            torch.backends.cudnn.allow_tf32 = True
+        if self.is_cuda:  # set both ways: a process-wide switch must not leak from an earlier run
+            # TF32 tensor cores for the fp32 matmuls left outside autocast
+            torch.set_float32_matmul_precision("high" if cfg.train.tf32 else "highest")
+            torch.backends.cudnn.allow_tf32 = bool(cfg.train.tf32)
         prec = cfg.train.precision
         self.amp_dtype = torch.bfloat16 if (prec == "bf16" or (prec == "auto" and self.is_cuda)) else None
 

@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# The GPU check (issue 16): the CUDA tests (tests/test_cuda.py, marker `cuda`) and the throughput report
+# (benchmarks/gpu_throughput.py) in one command, offline, about 6 minutes on one H200 (8 at most: the
+# tests are cut at 180 s and the report's cases are budgeted to 230 s, with 50 s of grace). It writes
+# docs/benchmarks/gpu.md and gpu.json. Without CUDA it says so in one line and exits 0.
+#
+# From a session whose task is lent a GPU through the `device` tool (/work/.library/device/README.md):
+#   1. here, first (needs the package registry; the device machine reaches none):
+#        bash scripts/gpu_wheels.sh          # diffusers + mlxtend wheels into .whl/ (git-ignored)
+#   2. one call of the device tool's `run`, exactly:
+#        command:   bash scripts/gpu_check.sh
+#        carry:     [".whl"]
+#        timeout_s: 540
+#   3. the reply's files (under its files_at) hold gpu.md and gpu.json: copy them into docs/benchmarks/
+#      (cuda-tests.log, cuda-tests.xml and throughput.log there are the full logs). Then give_back,
+#      unless you rerun at once.
+#   To rerun one part on the still-warm machine after a fix: command
+#   `GPU_CHECK_PARTS=tests bash scripts/gpu_check.sh` (or =bench), same carry, timeout_s 300.
+#
+# On the device machine the code runs from src/ (PYTHONPATH), under its own python3 and torch, with the
+# carried wheels installed into a temporary folder (--no-index: nothing is downloaded). Variables:
+# PYTHON (default python3), GPU_CHECK_PARTS (all | tests | bench), GPU_CHECK_REPORT_DIR (default
+# docs/benchmarks), OUT (where logs and a copy of the report go; the device tool sets it).
+set -u
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+
+if ! "$PY" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' >/dev/null 2>&1; then
+    echo "gpu_check: no CUDA GPU visible to $PY here; nothing checked (run it on a GPU machine: docs/training.md, 'GPU check')"
+    exit 0
+fi
+
+PARTS=${GPU_CHECK_PARTS:-all}
+REPORT=${GPU_CHECK_REPORT_DIR:-docs/benchmarks}
+LOGS=${OUT:-$(mktemp -d -t fasterdit-gpu-check-XXXXXX)}
+mkdir -p "$LOGS" "$REPORT"
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+t0=$SECONDS
+
+if compgen -G ".whl/*.whl" >/dev/null; then
+    SITE=$(mktemp -d -t fasterdit-site-XXXXXX)
+    if ! "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl; then
+        echo "gpu_check: the wheels in .whl/ did not install; rebuild them with scripts/gpu_wheels.sh"
+        exit 1
+    fi
+    export PYTHONPATH="$PYTHONPATH:$SITE"
+fi
+"$PY" -c 'import fasterdit, torch; print("gpu_check:", torch.__version__, "CUDA", torch.version.cuda, torch.cuda.get_device_name(0), "| fasterdit from", fasterdit.__file__)'
+
+tests_rc=skipped
+if [ "$PARTS" != bench ]; then
+    per_test=()  # pytest-timeout (on the device image): a hung test fails alone instead of the whole run
+    if "$PY" -c 'import pytest_timeout' >/dev/null 2>&1; then per_test=(--timeout=120); fi
+    timeout 180 "$PY" -m pytest -v -m cuda tests/test_cuda.py -p no:cacheprovider "${per_test[@]}" \
+        --junitxml="$LOGS/cuda-tests.xml" >"$LOGS/cuda-tests.log" 2>&1
+    tests_rc=$?
+    grep -E "PASSED|FAILED|ERROR|SKIPPED|passed|failed" "$LOGS/cuda-tests.log" | tail -n 30
+fi
+
+bench_rc=skipped
+if [ "$PARTS" != tests ]; then
+    junit=()
+    if [ -f "$LOGS/cuda-tests.xml" ]; then junit=(--tests-junit "$LOGS/cuda-tests.xml"); fi
+    if [ -f "$LOGS/cuda-tests.log" ]; then junit+=(--tests-log "$LOGS/cuda-tests.log"); fi
+    timeout 280 "$PY" benchmarks/gpu_throughput.py --budget-s 230 --out "$REPORT" \
+        --command "bash scripts/gpu_check.sh" "${junit[@]}" >"$LOGS/throughput.log" 2>&1
+    bench_rc=$?
+    grep -v "^fasterdit train:\|^  loss:" "$LOGS/throughput.log" | tail -n 40
+fi
+
+if [ "$REPORT" != "$LOGS" ]; then
+    cp "$REPORT/gpu.md" "$REPORT/gpu.json" "$LOGS/" 2>/dev/null
+fi
+echo "gpu_check: tests rc=$tests_rc, throughput rc=$bench_rc (124 = cut at its time limit), $((SECONDS - t0)) s; report $REPORT/gpu.md, logs in $LOGS"
+[ "$tests_rc" = 0 ] || [ "$tests_rc" = skipped ] || exit 1
+[ "$bench_rc" = 0 ] || [ "$bench_rc" = skipped ] || exit 1
+exit 0

@@ -1,0 +1,452 @@
+"""The CUDA code paths, run by ``scripts/gpu_check.sh`` on a GPU (marker ``cuda``; skipped without CUDA).
+
+Each test checks one thing a user's first GPU run depends on, against an independent reference where
+there is one:
+
+* bf16 autocast: a bf16 step's loss and gradients against the same step in fp32 and in float64 (TF32
+  off), and the trainer's bf16 per-step losses against its fp32 ones;
+* the fused AdamW ``found_inf`` skip: a forced inf gradient leaves weights, EMA and AdamW state
+  bit-identical, decided on the device;
+* EMA and checkpoints: the EMA a GPU run saves equals a float64 recomputation from the weights after every
+  step; the checkpoint loads on a CPU and the run resumes there;
+* SDPA: the DiT's attention runs with only the flash and memory-efficient kernels allowed, and the default
+  dispatch (what training runs) picks a fused kernel, not the math fallback;
+* ``torch.compile``: the function the trainer compiles is one graph (dynamo finds no break), and the
+  inductor (Triton) step trains like the eager one;
+* NCCL and DDP: a one-rank NCCL group with the trainer's DDP settings, against the plain model; and
+  ``fasterdit train`` under torchrun for 50 steps on synthetic prepared latents (pinned-memory loading,
+  bf16, fused AdamW, checkpoints, a grid decoded by the run's VAE). With one process fasterdit creates no
+  process group (a world of one needs none), so the trainer's own NCCL path is the two-GPU test, which
+  runs where two GPUs are;
+* ``fasterdit sample`` through the VAE path (a random tiny diffusers VAE) on the GPU, against the CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fasterdit.cli import main
+from fasterdit.diffusion import DiffusionLoss, get_preset
+from fasterdit.models import CONFIGS, DiT, create_model
+from fasterdit.train import checkpoint as ck
+from fasterdit.train import load_model
+from fasterdit.train.config import load_config
+from fasterdit.train.logging import read_metrics
+from fasterdit.train.trainer import Trainer
+from tiny_run import TINY_RUN
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+ON_GPU = [*TINY_RUN, "train.device=cuda"]
+
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(
+        not torch.cuda.is_available(), reason="needs a CUDA GPU (scripts/gpu_check.sh runs these on one)"
+    ),
+]
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def _perturbed(model: torch.nn.Module) -> torch.nn.Module:
+    """adaLN-Zero starts every block and the output layer at exactly zero: perturb all weights so that
+    gradients reach every layer and no comparison is between zeros."""
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.02 * torch.randn(p.shape, generator=g))
+    return model
+
+
+@contextlib.contextmanager
+def _no_tf32():
+    """True fp32 matmuls inside (the trainer turns TF32 on process-wide when train.tf32 is true)."""
+    old = torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32
+    torch.set_float32_matmul_precision("highest")
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(old[0])
+        torch.backends.cudnn.allow_tf32 = old[1]
+
+
+def _draws(recipe_name: str, n: int):
+    """A resolved recipe and one micro-batch's data and draws (t, noise, label dropout), on the CPU."""
+    g = torch.Generator().manual_seed(2)
+    x0 = torch.randn(n, 4, 32, 32, generator=g)
+    recipe = get_preset(recipe_name).resolve(x0)
+    draws = {
+        "x0": x0,
+        "y": torch.randint(0, 1000, (n,), generator=g),
+        "t": recipe.timestep_sampler_obj.sample(n, generator=g),
+        "noise": torch.randn(n, 4, 32, 32, generator=g),
+        "drop": (torch.rand(n, generator=g) < 0.1).long(),
+    }
+    return recipe, draws
+
+
+def _loss_and_grads(model, recipe, draws, dtype: torch.dtype, amp: bool):
+    """One step's loss and gradients on the GPU as the trainer computes them: autocast around the loss,
+    backward outside it."""
+    m = copy.deepcopy(model).to("cuda", dtype)
+    d = {k: v.to("cuda", dtype) if v.is_floating_point() else v.to("cuda") for k, v in draws.items()}
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+        terms = DiffusionLoss(recipe)(
+            m, d["x0"], d["y"], t=d["t"], noise=d["noise"], model_kwargs={"force_drop_ids": d["drop"]}
+        )
+    terms["loss"].backward()
+    grads = {n: p.grad.double().cpu() for n, p in m.named_parameters() if p.grad is not None}
+    return float(terms["loss"].detach()), grads
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm().clamp_min(1e-30))
+
+
+def _flat(grads: dict[str, torch.Tensor]) -> torch.Tensor:
+    return torch.cat([g.flatten() for g in grads.values()])
+
+
+def _cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _torchrun(nproc: int, run_dir: Path, sets: list[str]) -> subprocess.CompletedProcess:
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)]
+    cmd = [*torchrun, "-m", "fasterdit", "train", "--config", "demo", "--run-dir", str(run_dir)]
+    cmd.append("--no-progress")
+    for s in sets:
+        cmd += ["--set", s]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+
+
+# --------------------------------------------------------------------------------------------- bf16
+
+
+@pytest.mark.parametrize("recipe_name", ["fasterdit", "dit"])
+def test_bf16_step_matches_fp32_and_float64(recipe_name):
+    recipe, draws = _draws(recipe_name, 8)
+    model = create_model("DiT-S/2", input_size=32, in_channels=4, num_classes=1000,
+                         learn_sigma=recipe_name == "dit")  # fmt: skip
+    model = _perturbed(model)
+    with _no_tf32():
+        l64, g64 = _loss_and_grads(model, recipe, draws, torch.float64, amp=False)
+        l32, g32 = _loss_and_grads(model, recipe, draws, torch.float32, amp=False)
+    l16, g16 = _loss_and_grads(model, recipe, draws, torch.float32, amp=True)
+    assert g16.keys() == g32.keys() == g64.keys() and len(g64) > 50
+    # fp32 on the GPU computes the float64 function
+    assert abs(l32 - l64) <= 1e-5 * abs(l64)
+    assert _rel(_flat(g32), _flat(g64)) < 1e-4
+    # bf16 operands keep ~3 significant digits; the loss and the gradients average many of them
+    # (measured with CPU autocast: loss 3e-5, all gradients 4e-3, the worst tensor 8e-3)
+    assert abs(l16 - l32) <= 5e-3 * abs(l32)
+    assert _rel(_flat(g16), _flat(g32)) < 2e-2
+    worst = max((_rel(g16[k], g32[k]), k) for k in g32)
+    assert worst[0] < 5e-2, worst
+    # and the autocast step did run in bf16, not silently in fp32
+    assert _rel(_flat(g16), _flat(g32)) > 1e-4
+
+
+def test_trainer_bf16_losses_track_fp32(tmp_path):
+    steps = "train.steps=5"
+    with _no_tf32():
+        fp32 = Trainer(load_config("demo", [*ON_GPU, steps, "train.precision=fp32", "train.tf32=false"]),
+                       tmp_path / "fp32", install_signal_handlers=False)  # fmt: skip
+        r32 = fp32.run()
+    bf16 = Trainer(load_config("demo", [*ON_GPU, steps, "train.precision=auto"]), tmp_path / "bf16",
+                   install_signal_handlers=False)  # fmt: skip
+    r16 = bf16.run()
+    assert bf16.device.type == "cuda" and bf16.amp_dtype == torch.bfloat16 and fp32.amp_dtype is None
+    assert torch.get_float32_matmul_precision() == "high"  # train.tf32 (default true) turned TF32 on
+    assert bf16.fused, "fused AdamW is the CUDA default"
+    assert r16.skipped_steps == r32.skipped_steps == 0 and len(r16.losses) == len(r32.losses) == 5
+    # the same initialisation and draws: the first loss differs by bf16 rounding only
+    assert r16.losses[0] == pytest.approx(r32.losses[0], rel=1e-2)
+    assert r16.losses == pytest.approx(r32.losses, rel=5e-2)
+    assert r16.losses != r32.losses
+
+
+# ------------------------------------------------------------------------------------ fused AdamW skip
+
+
+def _one_inf(grad: torch.Tensor) -> torch.Tensor:
+    grad = grad.clone()
+    grad.view(-1)[0] = float("inf")
+    return grad
+
+
+def test_fused_adamw_skips_a_step_with_an_inf_gradient(tmp_path):
+    tr = Trainer(load_config("demo", [*ON_GPU, "train.steps=4", "log.ckpt_every=0"]), tmp_path,
+                 install_signal_handlers=False)  # fmt: skip
+    handles, snaps = [], {}
+
+    def poison(step: int, terms):  # before the backward of step 3 (0-based 2): an inf in one gradient
+        if step == 2:
+            handles.append(tr.model.final_layer.linear.weight.register_hook(_one_inf))
+        return terms
+
+    def snapshot(trainer, step: int) -> None:
+        while handles:
+            handles.pop().remove()
+        w = trainer.model.final_layer.linear.weight
+        state = trainer.opt.state[w]
+        snaps[step] = (
+            _cpu(trainer.model.state_dict()),
+            _cpu(trainer.ema.state_dict()),
+            [trainer.opt.state[p]["step"].detach().cpu().clone() for p in trainer.params],
+            state["exp_avg"].detach().cpu().clone(),
+            state["exp_avg_sq"].detach().cpu().clone(),
+        )
+
+    tr.loss_hook, tr.after_step_hook = poison, snapshot
+    res = tr.run()
+    assert tr.fused and tr.device.type == "cuda"
+    assert res.step == 4 and res.skipped_steps == 1
+    assert all(math.isfinite(v) for v in res.losses), "only the gradient was poisoned, not the loss"
+    (m2, e2, s2, a2, v2), (m3, e3, s3, a3, v3) = snaps[2], snaps[3]
+    assert all(torch.equal(m3[k], m2[k]) for k in m2), "the skipped step moved the weights"
+    assert all(torch.equal(e3[k], e2[k]) for k in e2), "the skipped step moved the EMA"
+    assert all(torch.equal(a, b) for a, b in zip(s3, s2)), "the skipped step advanced AdamW's step count"
+    assert torch.equal(a3, a2) and torch.equal(v3, v2), "the skipped step changed AdamW's moments"
+    key = "final_layer.linear.weight"
+    assert not torch.equal(snaps[4][0][key], m3[key]), "training went on after the skip"
+    assert torch.isfinite(snaps[4][0][key]).all()
+
+
+# ------------------------------------------------------------------------------ EMA and checkpoints
+
+
+def test_gpu_checkpoint_and_ema_load_and_resume_on_cpu(tmp_path):
+    sets = ["train.steps=4", "train.ema_decay=0.9", "train.ema_warmup=false"]
+    tr = Trainer(load_config("demo", [*ON_GPU, *sets]), tmp_path, install_signal_handlers=False)
+    weights: dict[int, dict[str, torch.Tensor]] = {}
+
+    def initial(step: int, terms):  # before the first update: the weights the EMA starts from
+        if step == 0:
+            weights[0] = _cpu(tr.model.state_dict())
+        return terms
+
+    tr.loss_hook = initial
+    tr.after_step_hook = lambda trainer, step: weights.__setitem__(step, _cpu(trainer.model.state_dict()))
+    tr.run()
+    ref = {k: v.double() for k, v in weights[0].items()}
+    for step in range(1, 5):  # the EMA recomputed in float64: ema <- 0.9·ema + 0.1·θ_step
+        ref = {k: 0.9 * ref[k] + 0.1 * weights[step][k].double() for k in ref}
+
+    ema, _, _ = load_model(tmp_path, ema=True, device="cpu")
+    raw, _, _ = load_model(tmp_path, ema=False, device="cpu")
+    for k, v in ema.state_dict().items():
+        assert v.device.type == "cpu" and v.dtype == torch.float32
+        torch.testing.assert_close(v.double(), ref[k], rtol=1e-5, atol=1e-7, msg=k)
+        assert torch.equal(raw.state_dict()[k], weights[4][k]), f"{k}: saved weights differ from the GPU's"
+    key = "final_layer.linear.weight"
+    assert not torch.equal(ema.state_dict()[key], weights[4][key])  # an average, not the last weights
+
+    # the full training state of the GPU run (fused AdamW state, CUDA RNG) resumes on a CPU
+    cpu = Trainer(load_config("demo", [*TINY_RUN, "train.device=cpu", *sets, "train.steps=5"]), tmp_path,
+                  install_signal_handlers=False)  # fmt: skip
+    res = cpu.run()
+    assert cpu.device.type == "cpu" and res.step == 5 and len(res.losses) == 1
+    assert math.isfinite(res.losses[0]) and res.skipped_steps == 0
+    assert cpu.opt.state[cpu.params[0]]["exp_avg"].device.type == "cpu"
+
+
+# --------------------------------------------------------------------------------------------- SDPA
+
+
+@pytest.mark.parametrize("name", ["DiT-B/2", "DiT-XL/2"])  # head dims 64 and 72
+def test_attention_runs_on_flash_or_memory_efficient_kernels(name):
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.profiler import ProfilerActivity, profile
+
+    c = CONFIGS[name]
+    model = DiT(input_size=32, patch_size=c.patch_size, in_channels=4, hidden_size=c.hidden_size, depth=2,
+                num_heads=c.num_heads, num_classes=1000)  # fmt: skip
+    model = _perturbed(model).cuda()
+    g = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randn(8, 4, 32, 32, generator=g, device="cuda")
+    t = torch.rand(8, generator=g, device="cuda") * 999
+    y = torch.randint(0, 1000, (8,), generator=g, device="cuda")
+
+    def step(amp: bool) -> None:
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+            out = model(x, t, y)
+        out.float().square().mean().backward()
+
+    # with only the fused kernels allowed, a layout that needed the math fallback would raise here
+    with sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]):
+        step(amp=True)
+    with sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION]):  # train.precision=fp32: no flash for fp32
+        step(amp=False)
+    # the default dispatch, as training runs it, picks a fused kernel
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step(amp=True)
+    names = {e.key for e in prof.key_averages()}
+    fused = {n for n in names if n.startswith("aten::_scaled_dot_product_") and "math" not in n}
+    math_ops = {n for n in names if "scaled_dot_product_attention_math" in n}
+    assert fused and not math_ops, sorted(n for n in names if "scaled_dot" in n)
+
+
+# ------------------------------------------------------------------------------------------ compile
+
+
+def test_compiled_step_is_one_graph_and_trains_like_eager(tmp_path):
+    torch._dynamo.reset()
+    base = [*ON_GPU, "train.steps=3", "log.ckpt_every=0"]
+    eager = Trainer(load_config("demo", base), tmp_path / "eager", install_signal_handlers=False).run()
+    tr = Trainer(load_config("demo", [*base, "train.compile=true"]), tmp_path / "compiled",
+                 install_signal_handlers=False)  # fmt: skip
+    compiled = tr.run()  # inductor: Triton kernels on the GPU
+    assert tr._compiled_loss is not None, "one process: the loss and the DiT are compiled together"
+    assert compiled.skipped_steps == 0
+    assert compiled.losses == pytest.approx(eager.losses, rel=2e-2)  # bf16 rounding, fused differently
+
+    # the function the trainer compiles, at the trainer's own inputs, is a single graph
+    n = 16
+    x, y = tr.source.get_batch(torch.arange(n, device="cuda"))
+    g = torch.Generator(device="cuda").manual_seed(0)
+    t = tr.recipe.timestep_sampler_obj.sample(n, generator=g, device=tr.device)
+    noise = torch.randn(x.shape, generator=g, device="cuda")
+    drop = torch.zeros(n, dtype=torch.long, device="cuda")
+    torch._dynamo.reset()
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        explanation = torch._dynamo.explain(tr._loss_terms)(x, y, t, noise, drop)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    assert explanation.graph_count == 1
+    torch._dynamo.reset()
+
+
+# ---------------------------------------------------------------------------------------- NCCL, DDP
+
+
+def test_nccl_one_rank_ddp_reduces_gradients_like_the_plain_model():
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1,
+                            device_id=torch.device("cuda:0"))  # fmt: skip
+    try:
+        assert dist.get_backend() == "nccl"
+        model = _perturbed(create_model("DiT-Mi/2", input_size=8, in_channels=4, num_classes=10)).cuda()
+        # the trainer's DDP settings
+        ddp = DDP(copy.deepcopy(model), device_ids=[0], broadcast_buffers=False, gradient_as_bucket_view=True)
+        g = torch.Generator(device="cuda").manual_seed(0)
+        x = torch.randn(16, 4, 8, 8, generator=g, device="cuda")
+        t = torch.rand(16, generator=g, device="cuda") * 999
+        y = torch.randint(0, 10, (16,), generator=g, device="cuda")
+        for m in (model, ddp):
+            m(x, t, y).square().mean().backward()
+        pairs = [(n, p, q) for (n, p), q in zip(model.named_parameters(), ddp.module.parameters())]
+        for n, p, q in pairs:
+            if p.grad is not None:
+                torch.testing.assert_close(q.grad, p.grad, rtol=1e-5, atol=1e-7, msg=n)
+        assert any(float(p.grad.abs().max()) > 0 for _, p, _ in pairs if p.grad is not None)
+        v = torch.arange(4.0, device="cuda")
+        dist.all_reduce(v)
+        assert v.tolist() == [0.0, 1.0, 2.0, 3.0]
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def latent_run(tmp_path_factory):
+    """``fasterdit train`` under torchrun on CUDA: 50 steps of DiT-XS/2 on synthetic prepared latents whose
+    manifest names a random tiny VAE (written by ``benchmarks/gpu_data.py``)."""
+    pytest.importorskip("diffusers")
+    sys.path.insert(0, str(BENCH))
+    try:
+        import gpu_data
+    finally:
+        sys.path.remove(str(BENCH))
+    base = tmp_path_factory.mktemp("latents")
+    vae = gpu_data.write_tiny_vae(base / "vae")
+    data = gpu_data.write_latent_set(base / "data", items=256, num_classes=10, vae=str(vae), downsample=2)
+    run = base / "run"
+    sets = [
+        f"data.source={data}",
+        "model.name=DiT-XS/2",
+        "train.device=cuda",
+        "train.batch_size=32",
+        "train.steps=50",
+        "log.log_every=10",
+        "log.ckpt_every=25",
+        "log.sample_every=0",
+        "log.tensorboard=false",
+        "sample.classes=0,1",
+        "sample.per_class=2",
+        "sample.steps=4",
+    ]
+    return run, _torchrun(1, run, sets)
+
+
+def test_train_cli_under_torchrun_on_cuda_latents(latent_run):
+    run, proc = latent_run
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    assert "1 process(es) on cuda:0" in out and "bf16 autocast" in out
+    recs = read_metrics(run, "train")
+    assert [r["step"] for r in recs] == [10, 20, 30, 40, 50]
+    assert all(math.isfinite(r["loss"]) and r["skipped"] == 0 for r in recs)
+    assert recs[-1]["images_seen"] == 50 * 32
+    latest = ck.latest_checkpoint(run)
+    assert ck.checkpoint_step(latest) == 50 and ck.read_meta(latest)["world_size"] == 1
+    # the final grid went through the run's VAE: 2 class rows x 2 samples of 64x64 RGB (32x32 latents,
+    # 2x VAE), 2 px padding
+    grid = np.asarray(Image.open(run / "samples.png"))
+    assert grid.shape == (2 * 66 + 2, 2 * 66 + 2, 3)
+
+
+def test_sample_decodes_through_the_runs_vae_on_cuda(latent_run, tmp_path):
+    run, proc = latent_run
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-2000:]
+
+    def sample(device: str):
+        out = tmp_path / f"{device}.npz"
+        args = ["--num", "4", "--labels", "0,1", "--steps", "4", "--seed", "1", "--device", device]
+        assert main(["sample", "--ckpt", str(run), *args, "--out", str(out)]) == 0
+        with np.load(out) as f:
+            return f["arr_0"], f["arr_1"]
+
+    gpu, labels = sample("cuda")
+    cpu, cpu_labels = sample("cpu")
+    assert gpu.shape == cpu.shape == (4, 64, 64, 3) and gpu.dtype == np.uint8
+    assert labels.tolist() == cpu_labels.tolist() == [0, 0, 1, 1]
+    # the same noise and labels, sampled in bf16 on the GPU and in fp32 on the CPU, then decoded by the
+    # same VAE: the images agree to a few grey levels (calibrated with CPU autocast)
+    diff = np.abs(gpu.astype(np.int64) - cpu.astype(np.int64))
+    assert diff.mean() < 3.0, (diff.mean(), diff.max())
+    assert cpu.astype(np.float64).std() > 1.0  # not a constant image, where agreement would be vacuous
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_two_gpu_nccl_ddp_trains_like_one_gpu(tmp_path):
+    sets = [*ON_GPU, "train.steps=4", "log.ckpt_every=0", "optim.grad_clip=1.0"]
+    one = Trainer(load_config("demo", sets), tmp_path / "one", install_signal_handlers=False).run()
+    proc = _torchrun(2, tmp_path / "two", sets)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    assert "2 process(es) on cuda:0" in out
+    two = [r["loss"] for r in read_metrics(tmp_path / "two", "train")]
+    # bf16 on both; DDP averages two half-batch gradients in a different order
+    assert two == pytest.approx(one.losses, rel=2e-2)
