@@ -9,6 +9,6 @@ bash scripts/setup.sh
 venv="${FASTERDIT_VENV:-.venv}"
 run_dir="${RUN_DIR:-runs/demo}"
 "$venv/bin/fasterdit" train --config configs/demo.yaml --run-dir "$run_dir" "$@"
-"$venv/bin/fasterdit" sample --ckpt "$run_dir" --num 100 --labels 0,1,2,3,4,5,6,7,8,9 \
+"$venv/bin/fasterdit" sample --ckpt "$run_dir" --num-samples 100 --labels 0,1,2,3,4,5,6,7,8,9 \
   --out "$run_dir/sample_grid.png"
 echo "Done: see $run_dir/samples.png (training grid) and $run_dir/sample_grid.png"

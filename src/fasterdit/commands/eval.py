@@ -106,16 +106,20 @@ def _check_args(args: argparse.Namespace) -> Path:
     if bool(args.ckpt) == bool(args.samples_npz):
         raise UserError("give exactly one of --ckpt (sample a model) or --samples-npz (saved samples)")
     check_counts(args, 2)
-    if args.reference_npz and not Path(args.reference_npz).is_file():
-        raise ConfigError("--reference-npz", f"file not found: {args.reference_npz}")
+    if args.dry_run and args.samples_npz:
+        raise UserError("--dry-run estimates the sampling of a --ckpt; --samples-npz samples nothing")
     out_path = Path(args.out)
     if out_path.suffix.lower() != ".json":
         raise ConfigError("--out", f"must end in .json, got {out_path.name!r}")
     if args.save_samples and Path(args.save_samples).suffix.lower() != ".npz":
         raise ConfigError("--save-samples", f"must end in .npz, got {Path(args.save_samples).name!r}")
+    if args.save_samples and Path(args.save_samples).with_suffix(".json").resolve() == out_path.resolve():
+        raise ConfigError("--out", f"{out_path} is the sidecar of --save-samples; name the metrics otherwise")
     check_sampling_args(args.steps, args.cfg)
-    if args.dry_run:
+    if args.dry_run:  # planning: the reference batch may not be downloaded yet
         return out_path
+    if args.reference_npz and not Path(args.reference_npz).is_file():
+        raise ConfigError("--reference-npz", f"file not found: {args.reference_npz}")
     out_path = prepare_output(out_path, "--out")
     if args.save_samples:
         args.save_samples = str(prepare_output(args.save_samples, "--save-samples"))

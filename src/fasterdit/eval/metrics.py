@@ -104,21 +104,29 @@ def class_accuracy(logits: np.ndarray | torch.Tensor, labels: np.ndarray | torch
 
 
 def inception_score(
-    logits: np.ndarray | torch.Tensor, splits: int = 1, probabilities: bool = False
+    logits: np.ndarray | torch.Tensor,
+    splits: int = 1,
+    probabilities: bool = False,
+    split_size: int | None = None,
 ) -> tuple[float, float]:
     """(mean, std over splits) of ``exp(mean_x KL(p(y|x) ‖ p̄(y)))``, p̄ the mean over each split.
 
-    ``probabilities=True`` takes softmax outputs instead of logits (the StyleGAN Inception returns
-    probabilities). Computed from log-probabilities in float64 so zeros do not produce ``0·log 0``.
+    ``splits`` near-equal splits, or with ``split_size`` consecutive chunks of that many rows (the
+    last one shorter), as ADM's evaluator does with 5,000. ``probabilities=True`` takes softmax
+    outputs instead of logits (the StyleGAN Inception returns probabilities). Computed from
+    log-probabilities in float64 so zeros do not produce ``0·log 0``.
     """
     z = _f64(logits)
     if z.ndim != 2:
         raise DataError(f"inception score needs a (N, K) array, got shape {tuple(z.shape)}")
-    if splits < 1 or splits > z.shape[0]:
+    if split_size is None and (splits < 1 or splits > z.shape[0]):
         raise DataError(f"splits must be in 1..N={z.shape[0]}, got {splits}")
+    if split_size is not None and split_size < 1:
+        raise DataError(f"split_size must be >= 1, got {split_size}")
     logp = torch.log(z.clamp_min(1e-300) / z.sum(1, keepdim=True)) if probabilities else z.log_softmax(1)
+    parts = torch.split(logp, split_size) if split_size is not None else torch.tensor_split(logp, splits)
     scores = []
-    for part in torch.tensor_split(logp, splits):
+    for part in parts:
         p = part.exp()
         log_marginal = torch.logsumexp(part, 0) - math.log(part.shape[0])
         kl = (p * (part - log_marginal[None, :])).sum(1).mean()

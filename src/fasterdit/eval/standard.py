@@ -21,7 +21,8 @@ Definitions (all statistics in float64):
 * sFID (Nash et al. 2021): the same on "spatial" features, the first 7 channels of the 17x17
   ``mixed_6/conv`` map flattened in (H, W, C) order (7·17·17 = 2023-d), as ADM does.
 * Inception Score: ``exp(E KL(p(y|x) ‖ p(y)))`` from the 1008-way softmax *without* the output bias
-  (as the original TF code and ADM), mean over 10 splits.
+  (as the original TF code and ADM), mean over consecutive chunks of 5,000 samples (ADM's rule: 10
+  splits at N = 50,000).
 * Precision / recall: Kynkäänniemi et al. 2019, k = 3, on pool features (reference: ``arr_0``).
 
 Caveat: ADM's own numbers come from the TF graph; this PyTorch port of the same weights resizes
@@ -50,8 +51,8 @@ import torch
 from torch.nn import functional as F
 
 from fasterdit.errors import DataError, UserError
-from fasterdit.eval.frechet import FeatureStats, fit_gaussian, frechet_distance, load_stats_keys
-from fasterdit.eval.metrics import inception_score, precision_recall
+from fasterdit.eval.adm import IS_SPLIT_SIZE, adm_metrics
+from fasterdit.eval.frechet import FeatureStats, fit_gaussian, load_stats_keys
 
 INCEPTION_URL = (
     "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt"
@@ -243,12 +244,14 @@ def standard_metrics(
     *,
     batch_size: int = 100,
     k: int = 3,
-    is_splits: int = 10,
+    is_split_size: int = IS_SPLIT_SIZE,
     recompute_reference: bool = False,
     device: str | torch.device | None = None,
 ) -> dict[str, Any]:
     """FID, sFID, IS, precision and recall of samples against an ADM-format reference batch.
 
+    The metrics follow ADM's evaluator (:func:`fasterdit.eval.adm.adm_metrics`): IS over chunks of
+    ``is_split_size`` = 5,000 samples (10 splits at N = 50,000), precision/recall with k = 3.
     ``samples``: uint8 (N, H, W, 3) / float (N, C, H, W) in [-1, 1], or the path of a samples ``.npz``.
     Missing ingredients give ``None`` with a reason in ``notes`` rather than an error (e.g. no spatial
     features from the extractor → no sFID).
@@ -293,31 +296,20 @@ def standard_metrics(
     }
     pool_ref, out["fid_reference_stats"] = ref_stats("pool", "mu", "sigma")
     assert pool_ref is not None
-    out["fid"] = frechet_distance(*fit_gaussian(sample_acts["pool"]), pool_ref.mu, pool_ref.sigma)
+    sp_ref = None
     if "spatial" in sample_acts:
         sp_ref, out["sfid_reference_stats"] = ref_stats("spatial", "mu_s", "sigma_s")
-        assert sp_ref is not None
-        out["sfid"] = frechet_distance(*fit_gaussian(sample_acts["spatial"]), sp_ref.mu, sp_ref.sigma)
     else:
-        out["sfid"] = None
         notes.append("the feature extractor gives no spatial features: no sFID")
-    if "logits" in sample_acts or "probs" in sample_acts:
-        probs = "logits" not in sample_acts
-        splits = max(1, min(is_splits, n // 2))
-        out["inception_score"], out["inception_score_std"] = inception_score(
-            sample_acts["probs" if probs else "logits"], splits=splits, probabilities=probs
-        )
-        out["is_splits"] = splits
-    else:
-        out["inception_score"] = None
+    if "logits" not in sample_acts and "probs" not in sample_acts:
         notes.append("the feature extractor gives no class outputs: no Inception Score")
-    if n > k and len(ref_images) > k:
-        pr = precision_recall(ref_acts["pool"], sample_acts["pool"], k=k, device=device or "cpu")
-        out.update(pr)
-    else:
-        out["precision"] = out["recall"] = None
+    if not (n > k and len(ref_images) > k):
         notes.append(f"precision/recall need more than k={k} samples and reference images")
-    out["pr_k"] = k
+    out.update(
+        adm_metrics(
+            sample_acts, ref_acts, pool_ref, sp_ref, k=k, split_size=is_split_size, device=device or "cpu"
+        )
+    )
     out["feature_network"] = getattr(extractor, "name", type(extractor).__name__)
     out["notes"] = notes
     out["metric_seconds"] = round(time.time() - t0, 3)

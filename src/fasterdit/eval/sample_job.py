@@ -1,0 +1,352 @@
+"""Distributed, resumable sampling of N images into an ADM-format ``.npz`` (FID-50K jobs).
+
+How a job runs (``fasterdit sample``/``eval``, one process or under ``torchrun``):
+
+1. Rank 0 looks at the work folder beside the output (``samples.npz.work/``): its ``job.json`` must
+   describe the same job (checkpoint hash, sampler, seed, N, ... — not the world size or batch size),
+   and its ``part-START-END.npz`` files are the samples already finished. It broadcasts what is left.
+2. The index range 0..N−1 is cut into batches on a fixed grid of ``batch_size``, minus what is done;
+   rank r takes batches r, r + W, r + 2W, ... Sample i's noise, label and step noise depend only on
+   (seed, i) (:mod:`fasterdit.eval.sample_seeds`), so neither W nor the batch size changes a sample.
+3. Each finished batch is written to a temporary name and renamed into place (atomic), so a kill
+   loses at most the batches in flight, and a rerun never samples a finished index again.
+4. Rank 0 streams the parts, in index order, into the ``.npz`` (fixed zip timestamps: equal samples
+   give equal bytes), writes the JSON sidecar beside it and removes the work folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fasterdit.errors import ConfigError, DataError, UserError
+from fasterdit.eval import sample_seeds
+from fasterdit.eval.npz_writer import write_samples_npz
+from fasterdit.train.distributed import DistInfo, barrier, broadcast_object, gather_objects
+
+_PART = re.compile(r"^part-(\d{9})-(\d{9})\.npz$")
+Decode = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class SampleSettings:
+    """Everything that decides the samples besides the weights (recorded in the sidecar)."""
+
+    num_samples: int
+    seed: int
+    sampler: str
+    steps: int
+    cfg_scale: float
+    guidance_interval: tuple[float, float] | None = None
+    guide_channels: int | None = None
+    sampler_kwargs: dict[str, Any] = field(default_factory=dict)
+    label_mode: str = "uniform"  # uniform | balanced | given
+    labels: tuple[int, ...] | None = None  # the classes of label_mode "given"
+    precision: str = "fp32"  # fp32 | tf32 (fp32 with TF32 matmuls, DiT's sample_ddp.py) | bf16 (autocast)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["guidance_interval"] = list(self.guidance_interval) if self.guidance_interval else None
+        d["labels"] = list(self.labels) if self.labels else None
+        return d
+
+
+@dataclass
+class JobResult:
+    path: Path
+    sidecar: Path
+    num_samples: int
+    resumed: int  # samples already finished in the work folder when this run started
+    sampled: int  # samples this run produced (all ranks)
+    nfe: float | int  # per sample; a guided pair counts once
+    seconds: float
+
+
+def work_dir(out: Path) -> Path:
+    """The folder beside ``out`` that holds a job's finished batches until it is assembled."""
+    return out.with_name(out.name + ".work")
+
+
+def sidecar_path(out: Path) -> Path:
+    return out.with_suffix(".json")
+
+
+def sample_range(
+    model: torch.nn.Module,
+    recipe: Any,
+    settings: SampleSettings,
+    start: int,
+    end: int,
+    device: torch.device,
+    decode: Decode | None = None,
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Samples ``start..end-1`` as (uint8 N×H×W×C images, int64 labels, NFE per sample)."""
+    from fasterdit.diffusion.sampling import sample
+    from fasterdit.viz import to_uint8
+
+    shape = (int(model.in_channels), *(int(v) for v in model.input_size))
+    num_classes = int(model.num_classes or 0)
+    noise = sample_seeds.initial_noise(settings.seed, start, end, shape).to(device)
+    y = sample_seeds.labels_for(
+        settings.seed, start, end, num_classes=num_classes, mode=settings.label_mode,
+        num_samples=settings.num_samples, given=settings.labels,
+    )  # fmt: skip
+    steps_noise = sample_seeds.step_noise(settings.seed, start, end)
+    with _precision(settings.precision, device):
+        res = sample(
+            model, recipe, noise, y=None if y is None else y.to(device), sampler=settings.sampler,
+            steps=settings.steps, cfg_scale=settings.cfg_scale, guidance_interval=settings.guidance_interval,
+            guide_channels=settings.guide_channels, generator=steps_noise, **settings.sampler_kwargs,
+        )  # fmt: skip
+    x = res.x.float()
+    if decode is not None:
+        x = decode(x).float()
+    labels = np.zeros(end - start, np.int64) if y is None else y.numpy().astype(np.int64)
+    return to_uint8(x), labels, int(res.nfe)
+
+
+PRECISIONS = ("fp32", "tf32", "bf16")
+
+
+@contextlib.contextmanager
+def _precision(precision: str, device: torch.device):
+    """bf16 autocast, or float32 with TF32 matmuls on CUDA (restored afterwards), or plain float32."""
+    if precision not in PRECISIONS:
+        raise ConfigError("--precision", f"must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "bf16":
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            yield
+        return
+    before = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
+
+
+def pending_ranges(num: int, batch_size: int, done: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Index ranges still to sample: the batches of a fixed grid of ``batch_size``, minus ``done``."""
+    out = []
+    for s in range(0, num, batch_size):
+        e, cur = min(s + batch_size, num), s
+        for ds, de in done:
+            if de <= cur or ds >= e:
+                continue
+            if ds > cur:
+                out.append((cur, ds))
+            cur = max(cur, de)
+        if cur < e:
+            out.append((cur, e))
+    return out
+
+
+def finished_parts(work: Path) -> list[tuple[int, int]]:
+    """The (start, end) of every finished part file, sorted (temporary files are ignored)."""
+    if not work.is_dir():
+        return []
+    found = [m for m in (_PART.match(p.name) for p in work.iterdir()) if m]
+    return sorted((int(m.group(1)), int(m.group(2))) for m in found)
+
+
+def _part_name(start: int, end: int) -> str:
+    return f"part-{start:09d}-{end:09d}.npz"
+
+
+def _write_part(work: Path, start: int, end: int, images: np.ndarray, labels: np.ndarray, nfe: int) -> None:
+    final = work / _part_name(start, end)
+    tmp = work / f".tmp-{final.name}-{os.getpid()}"
+    with open(tmp, "wb") as f:
+        np.savez(f, images=images, labels=labels, nfe=np.int64(nfe))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, final)
+
+
+def _read_part(work: Path, start: int, end: int, key: str) -> np.ndarray:
+    """One array of a part file (``np.load`` reads only that member: labels without the images)."""
+    path = work / _part_name(start, end)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            value = z[key]
+    except (OSError, ValueError, KeyError) as err:
+        raise DataError(f"{path}: unreadable part of a sampling job ({err}); delete it and rerun") from err
+    if key != "nfe" and value.shape[0] != end - start:
+        raise DataError(f"{path}: holds {value.shape[0]} samples, its name says {end - start}")
+    return value
+
+
+def _plan(out: Path, identity: dict[str, Any], batch_size: int, num: int) -> dict[str, Any]:
+    """Rank 0's decision: the job is complete, refused (another job's work folder), or what is left."""
+    work = work_dir(out)
+    manifest = work / "job.json"
+    side = sidecar_path(out)
+    if not work.exists() and out.is_file() and side.is_file():
+        try:
+            if json.loads(side.read_text()).get("job") == identity:
+                return {"state": "complete"}
+        except (OSError, json.JSONDecodeError):
+            pass  # an unreadable sidecar: sample again
+    if manifest.is_file():
+        old = json.loads(manifest.read_text())
+        if old != identity:
+            diff = sorted(k for k in set(old) | set(identity) if old.get(k) != identity.get(k))
+            return {
+                "state": "error",
+                "message": f"{work} holds the unfinished samples of another job (differs in "
+                f"{', '.join(diff)}); rerun with the same settings to finish it, or delete the folder",
+            }
+    else:
+        work.mkdir(parents=True, exist_ok=True)
+        tmp = work / ".job.json.tmp"
+        tmp.write_text(json.dumps(identity, indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, manifest)
+    done = finished_parts(work)
+    return {"state": "run", "done": done, "todo": pending_ranges(num, batch_size, done)}
+
+
+class _Eta:
+    """Rank 0's progress line: its own pace times the world size stands for the job's."""
+
+    def __init__(self, total: int, resumed: int, world: int, enabled: bool):
+        self.total, self.resumed, self.world, self.enabled = total, resumed, world, enabled
+        self.t0, self.mine = time.time(), 0
+
+    def step(self, n: int) -> None:
+        self.mine += n
+        if not self.enabled:
+            return
+        dt = time.time() - self.t0
+        done = min(self.total, self.resumed + self.mine * self.world)
+        rate = self.mine * self.world / dt if dt > 0 else 0.0
+        eta = (self.total - done) / rate if rate > 0 else float("nan")
+        eta_s = time.strftime("%H:%M:%S", time.gmtime(eta)) if eta == eta else "?"
+        print(f"  {done}/{self.total} samples, {rate:.2f} samples/s, ETA {eta_s}", flush=True)
+
+
+def run_sample_job(
+    model: torch.nn.Module,
+    recipe: Any,
+    settings: SampleSettings,
+    out: str | Path,
+    *,
+    record: dict[str, Any],
+    batch_size: int,
+    dist: DistInfo,
+    decode: Decode | None = None,
+    progress: bool = True,
+) -> JobResult:
+    """Sample ``settings.num_samples`` images into ``out`` (see the module docstring); every rank calls it.
+
+    ``record``: what identifies the weights and decoding (checkpoint path and SHA-256, EMA, recipe,
+    VAE, ...); with ``settings`` it forms the job's identity, which a resumed work folder must match.
+    Only rank 0's ``record`` is used. Returns on every rank once all samples are on disk; only rank
+    0 waits for the assembly.
+    """
+    out = Path(out)
+    t0 = time.time()
+    identity = json.loads(json.dumps({**record, **settings.to_dict()}))  # as job.json will read it back
+    plan = _plan(out, identity, batch_size, settings.num_samples) if dist.is_main else None
+    decision = broadcast_object(plan)
+    if decision["state"] == "error":
+        raise UserError(decision["message"])
+    side = sidecar_path(out)
+    if decision["state"] == "complete":
+        nfe = json.loads(side.read_text())["nfe"] if dist.is_main else 0
+        if dist.is_main:
+            print(f"{out} is already complete (same job); nothing to sample", flush=True)
+        return JobResult(out, side, settings.num_samples, settings.num_samples, 0, nfe, 0.0)
+    work = work_dir(out)
+    resumed = sum(e - s for s, e in decision["done"])
+    if dist.is_main and resumed:
+        print(f"resuming: {resumed}/{settings.num_samples} samples already in {work}", flush=True)
+    eta = _Eta(settings.num_samples, resumed, dist.world_size, progress and dist.is_main)
+    mine = decision["todo"][dist.rank :: dist.world_size]
+    for start, end in mine:
+        images, labels, nfe = sample_range(model, recipe, settings, start, end, dist.device, decode)
+        _write_part(work, start, end, images, labels, nfe)
+        eta.step(end - start)
+    sampled = sum(gather_objects(sum(e - s for s, e in mine)))
+    barrier()  # every part is on disk
+    if not dist.is_main:
+        return JobResult(out, side, settings.num_samples, resumed, sampled, 0, time.time() - t0)
+    nfe_mean = _assemble(out, work, settings.num_samples)
+    meta = {
+        "job": identity,
+        "nfe": nfe_mean,
+        "num_samples": settings.num_samples,
+        "run": {"world_size": dist.world_size, "batch_size": batch_size, "resumed_samples": resumed,
+                "sampled_samples": sampled, "seconds": round(time.time() - t0, 3)},
+    }  # fmt: skip
+    tmp = side.with_name(f".{side.name}.tmp")
+    tmp.write_text(json.dumps(meta, indent=2) + "\n")
+    os.replace(tmp, side)
+    shutil.rmtree(work)
+    return JobResult(out, side, settings.num_samples, resumed, sampled, nfe_mean, time.time() - t0)
+
+
+def _assemble(out: Path, work: Path, num: int) -> float | int:
+    """Stream the parts into ``out`` in index order; returns the NFE per sample (mean if it varies)."""
+    parts = finished_parts(work)
+    cover, pos = [], 0
+    for s, e in parts:
+        if s != pos:
+            raise DataError(f"{work}: samples {pos}..{s - 1} are missing or overlap; rerun to finish them")
+        cover.append((s, e))
+        pos = e
+    if pos != num:
+        raise DataError(f"{work}: holds samples 0..{pos - 1} of {num}; rerun to finish them")
+    labels = np.concatenate([_read_part(work, s, e, "labels") for s, e in cover])
+    nfes = [int(_read_part(work, s, e, "nfe")) for s, e in cover]
+    shape = _read_part(work, *cover[0], "images").shape[1:]
+    images = (_read_part(work, s, e, "images") for s, e in cover)
+    write_samples_npz(out, (num, *shape), images, labels)
+    if len(set(nfes)) == 1:
+        return nfes[0]
+    return sum(n * (e - s) for n, (s, e) in zip(nfes, cover, strict=True)) / num
+
+
+def sample_shared(
+    model: torch.nn.Module,
+    recipe: Any,
+    settings: SampleSettings,
+    *,
+    batch_size: int,
+    dist: DistInfo,
+    decode: Decode | None = None,
+    abort: type[Exception] | None = None,
+) -> tuple[np.ndarray, np.ndarray, int] | None:
+    """The in-memory sibling of :func:`run_sample_job` (in-training evaluation): every rank samples its
+    share of the same batch grid, rank 0 receives (images, labels, NFE) in index order, others None.
+
+    ``abort``: an exception that may stop a rank's sampling (a stop signal). The rank still takes part
+    in the gather, and then every rank raises it, so no rank is left waiting in a collective.
+    """
+    todo = pending_ranges(settings.num_samples, batch_size, [])
+    catch: tuple[type[Exception], ...] = (abort,) if abort is not None else ()
+    parts: list[tuple[int, np.ndarray, np.ndarray, int]] | None = []
+    try:
+        for start, end in todo[dist.rank :: dist.world_size]:
+            parts.append((start, *sample_range(model, recipe, settings, start, end, dist.device, decode)))
+    except catch:
+        parts = None
+    gathered = gather_objects(parts)
+    if any(p is None for p in gathered):
+        assert abort is not None
+        raise abort()
+    if not dist.is_main:
+        return None
+    ordered = sorted((p for rank_parts in gathered for p in rank_parts), key=lambda p: p[0])
+    nfe = ordered[0][3]
+    return np.concatenate([p[1] for p in ordered]), np.concatenate([p[2] for p in ordered]), nfe
