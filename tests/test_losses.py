@@ -392,7 +392,9 @@ def test_auto_direction_mode_is_token_on_one_channel_and_is_said():
 
 
 @pytest.mark.parametrize("config", ["imagenet256-dit-xl2", "imagenet256-dit-b2"])
-def test_imagenet_configs_train_the_reference_direction_loss(config):
+def test_imagenet_configs_train_the_references_loss_and_optimizer(config):
+    """LightningDiT's direction loss on the 4-channel latents, and DiT's optimizer: AdamW lr 1e-4, no
+    weight decay, no warm-up, no clipping (docs/benchmarks/grad_clip.md measured that it can go)."""
     from pathlib import Path
 
     from fasterdit.train.build import ShapeOnly, build_recipe, resolve_recipe_on_data
@@ -402,3 +404,6 @@ def test_imagenet_configs_train_the_reference_direction_loss(config):
     cfg = load_config(str(path))
     recipe = resolve_recipe_on_data(build_recipe(cfg), ShapeOnly(cfg))
     assert recipe.loss.direction_weight == 1.0 and recipe.loss.direction_mode == "channel"
+    o = cfg.optim
+    assert (o.lr, o.weight_decay, o.warmup_steps, o.grad_clip) == (1e-4, 0, 0, 0)
+    assert (o.beta1, o.beta2) == (0.9, 0.999)
