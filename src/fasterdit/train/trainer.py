@@ -41,10 +41,12 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
+from torch.nn.parallel import DistributedDataParallel as DDP
 
+from fasterdit.diffusion.losses import DiffusionLoss
 from fasterdit.errors import ConfigError, UserError
 from fasterdit.train import checkpoint as ckpt_mod
-from fasterdit.train.build import build_model, check_config, data_description, model_kwargs, recipe_sampler
+from fasterdit.train.build import build_model, check_config, data_description, model_kwargs
 from fasterdit.train.config import RunConfig, config_from_dict
 from fasterdit.train.data_source import (
     LATENT_TAG,
@@ -103,6 +105,19 @@ class TrainResult:
     wall_time: float = 0.0
 
 
+@dataclass(frozen=True)
+class Draws:
+    """The randomness that defines a step's loss, drawn for the whole global batch (step 2 above)."""
+
+    t: torch.Tensor  # (N,) times in [0, 1]
+    noise: torch.Tensor  # (N, C, H, W) ε in diffusion space
+    drop: torch.Tensor | None  # (N,) long label-dropout mask (1: the null label); None without dropout
+
+    def rows(self, rows: slice) -> Draws:
+        """The draws of a micro-batch's rows of the global batch."""
+        return Draws(self.t[rows], self.noise[rows], None if self.drop is None else self.drop[rows])
+
+
 # ----------------------------------------------------------------------------------------------------
 # RNG state helpers
 # ----------------------------------------------------------------------------------------------------
@@ -136,33 +151,6 @@ def _set_rng_state(st: dict[str, Any]) -> None:
     )
     if "cuda" in st and torch.cuda.is_available() and len(st["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(st["cuda"])
-
-
-# ----------------------------------------------------------------------------------------------------
-# the model call the loss sees
-# ----------------------------------------------------------------------------------------------------
-
-
-class _ModelCall:
-    """The (DDP/compiled) model as the loss calls it, with this micro-batch's label-dropout mask.
-
-    Why: label dropout must use the global-batch draws (see the module docstring), so the mask is passed
-    as the model's ``force_drop_ids`` instead of letting the model draw from the global RNG. Attribute
-    access (``num_classes``, ``learn_sigma``...) falls through to the plain DiT.
-    """
-
-    def __init__(self, model: torch.nn.Module, base: torch.nn.Module):
-        self._model = model
-        self._base = base
-        self.drop: torch.Tensor | None = None
-
-    def __call__(self, x, t, y=None, **kwargs):
-        if self.drop is not None and "force_drop_ids" not in kwargs:
-            kwargs["force_drop_ids"] = self.drop
-        return self._model(x, t, y, **kwargs)
-
-    def __getattr__(self, name: str):
-        return getattr(self._base, name)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -203,6 +191,7 @@ class Trainer:
         self.loss_hook: Callable[[int, dict], dict] | None = None
         self.after_step_hook: Callable[[Trainer, int], None] | None = None
         self._stop_signal: str | None = None
+        self.progress: Progress | None = None  # the progress bar, while run() is training
         self._built = False
 
     # ------------------------------------------------------------------ setup
@@ -260,25 +249,24 @@ class Trainer:
             )
 
         train_model: torch.nn.Module = model
+        # the DDP wrapper (None on one process): its no_sync() skips the all-reduce of all but the
+        # last gradient-accumulation micro-batch
+        self.ddp: DDP | None = None
         if d.distributed:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
-            train_model = DDP(
+            self.ddp = DDP(
                 model,
                 device_ids=[dev.index] if self.is_cuda else None,
                 broadcast_buffers=False,
                 gradient_as_bucket_view=True,
             )
-        from fasterdit.diffusion.losses import DiffusionLoss
-
-        self.loss_fn = DiffusionLoss(self.recipe)
-        self._loss_injects = _loss_injection(self.loss_fn)
+            train_model = self.ddp
+        self.loss_fn = DiffusionLoss(self.recipe, patch_size=model.patch_size)
         # train.compile: on one process the whole loss (noising, DiT, target, MSE, direction cosine) is
         # one graph, so inductor fuses the loss's element-wise work with the model's (measured ~10% faster
         # than compiling the model alone, benchmarks/throughput.py); under DDP the module is compiled, so
         # dynamo's DDP support can split the graph at the gradient buckets.
         self._compiled_loss: Callable[..., dict[str, torch.Tensor]] | None = None
-        if cfg.train.compile and not d.distributed and {"t", "noise"} <= self._loss_injects:
+        if cfg.train.compile and not d.distributed:
             self._compiled_loss = torch.compile(self._loss_terms, backend=cfg.train.compile_backend)
             # fill the data scaling's per-device constants now: filling them inside the first compiled
             # call would fail a guard on the second and compile the step twice
@@ -289,7 +277,6 @@ class Trainer:
         elif cfg.train.compile:
             train_model = torch.compile(train_model, backend=cfg.train.compile_backend)
         self.train_model = train_model
-        self.call = _ModelCall(train_model, model)
 
         self.step = 0
         self.images_seen = 0
@@ -298,6 +285,7 @@ class Trainer:
         self.streak_start = -1
         self.last_ckpt: Path | None = None
         self.gen = torch.Generator(device=dev)
+        self._stop_dev = torch.zeros((), device=dev)  # the stop flag, all-reduced with the step's stats
         self._built = True
 
     def _loss_terms(
@@ -308,7 +296,11 @@ class Trainer:
         noise: torch.Tensor,
         drop: torch.Tensor | None,
     ) -> dict[str, torch.Tensor]:
-        """One micro-batch's loss terms at the given draws: the function ``train.compile`` compiles."""
+        """One micro-batch's loss terms at the given draws: the function ``train.compile`` compiles.
+
+        The label-dropout mask reaches the DiT as its ``force_drop_ids`` (drawn for the global batch, see
+        the module docstring), so the model never draws from the global RNG.
+        """
         kwargs = {"force_drop_ids": drop} if drop is not None else None
         return self.loss_fn(self.train_model, x, y, t=t, noise=noise, model_kwargs=kwargs)
 
@@ -441,7 +433,7 @@ class Trainer:
 
     def _say(self, msg: str) -> None:
         if self.dist.is_main:
-            if getattr(self, "progress", None) is not None:
+            if self.progress is not None:
                 self.progress.write(msg)
             else:
                 print(msg, flush=True)
@@ -451,21 +443,19 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
 
-    def _global_draws(self, n: int) -> dict[str, torch.Tensor]:
-        """Per-sample randomness of the whole global batch, identical on every rank."""
+    def _global_draws(self, n: int) -> Draws:
+        """Per-sample randomness of the whole global batch, identical on every rank (in this order:
+        t, noise, label-dropout mask, from the step's generator)."""
         g = self.gen
-        out: dict[str, torch.Tensor] = {}
         src = self.source
-        if "t" in self._loss_injects:
-            out["t"] = self.recipe.timestep_sampler_obj.sample(n, generator=g, device=self.device)
-        if "noise" in self._loss_injects:
-            out["noise"] = torch.randn(
-                (n, src.channels, src.resolution, src.resolution), generator=g, device=self.device
-            )
+        t = self.recipe.timestep_sampler_obj.sample(n, generator=g, device=self.device)
+        shape = (n, src.channels, src.resolution, src.resolution)
+        noise = torch.randn(shape, generator=g, device=self.device)
+        drop = None
         if self.model.y_embedder is not None and self.model.y_embedder.dropout_prob > 0:
             u = torch.rand(n, generator=g, device=self.device)
-            out["drop"] = (u < self.model.y_embedder.dropout_prob).long()
-        return out
+            drop = (u < self.model.y_embedder.dropout_prob).long()
+        return Draws(t, noise, drop)
 
     # ------------------------------------------------------------------ one step
     def _train_step(self, step: int) -> torch.Tensor:
@@ -500,27 +490,13 @@ class Trainer:
             rows = slice(a * b, (a + 1) * b)
             grows = slice(share.start + a * b, share.start + (a + 1) * b)
             sync_ctx = (
-                self.train_model.no_sync()
-                if (d.distributed and a < A - 1 and hasattr(self.train_model, "no_sync"))
-                else contextlib.nullcontext()
+                self.ddp.no_sync() if (self.ddp is not None and a < A - 1) else contextlib.nullcontext()
             )
-            self.call.drop = draws["drop"][grows] if "drop" in draws else None
-            kw: dict[str, Any] = {}
-            if "t" in draws:
-                kw["t"] = draws["t"][grows]
-            if "noise" in draws:
-                kw["noise"] = draws["noise"][grows]
-            if "generator" in self._loss_injects:
-                if not self._loss_injects >= {"t", "noise"}:
-                    # fallback: the loss draws itself; seed per (step, global micro-batch)
-                    self.gen.manual_seed(derive_seed(cfg.seed, STEP_TAG, step, 1 + d.rank * A + a))
-                kw["generator"] = self.gen
+            mb = draws.rows(grows)
+            loss_terms = self._compiled_loss or self._loss_terms
             with sync_ctx:
                 with self._autocast():
-                    if self._compiled_loss is not None:
-                        terms = self._compiled_loss(x[rows], y[rows], kw["t"], kw["noise"], self.call.drop)
-                    else:
-                        terms = self.loss_fn(self.call, x[rows], y[rows], **kw)
+                    terms = loss_terms(x[rows], y[rows], mb.t, mb.noise, mb.drop)
                 if self.loss_hook is not None:
                     terms = self.loss_hook(step, terms)
                 loss = terms["loss"]
@@ -531,7 +507,6 @@ class Trainer:
                 if k != "loss" and isinstance(v, torch.Tensor) and v.numel() == 1:
                     vd = v.detach().float().reshape(())
                     term_acc[k] = vd if k not in term_acc else term_acc[k] + vd
-        self.call.drop = None
         assert loss_acc is not None
         self._term_names = sorted(term_acc)
 
@@ -568,8 +543,6 @@ class Trainer:
         return torch.cat([stats, ok.float().reshape(1), gnorm.detach().float().reshape(1)])
 
     def _stop_flag_tensor(self) -> torch.Tensor:
-        if not hasattr(self, "_stop_dev"):
-            self._stop_dev = torch.zeros((), device=self.device)
         self._stop_dev.fill_(1.0 if self._stop_signal else 0.0)
         return self._stop_dev.clone()
 
@@ -700,7 +673,7 @@ class Trainer:
                 self.recipe,
                 self.grid_noise.clone(),
                 y=self.grid_labels,
-                sampler=s.sampler or recipe_sampler(self.recipe),
+                sampler=s.sampler or self.recipe.sampler.name,
                 steps=s.steps,
                 cfg_scale=s.cfg_scale,
                 generator=g,
@@ -739,7 +712,7 @@ class Trainer:
         kwargs = dict(
             dataset=self.cfg.data.source,
             num_samples=e.num_samples,
-            sampler=e.sampler or s.sampler or recipe_sampler(self.recipe),
+            sampler=e.sampler or s.sampler or self.recipe.sampler.name,
             steps=e.steps or s.steps,
             cfg_scale=s.cfg_scale if e.cfg_scale is None else e.cfg_scale,
             seed=derive_seed(self.cfg.seed, EVAL_TAG) % (2**31),
@@ -1139,24 +1112,6 @@ def _total_norm(params: list[torch.Tensor]) -> torch.Tensor:
         return get_total_norm(grads, foreach=True)
     norms = torch._foreach_norm(grads)
     return torch.linalg.vector_norm(torch.stack(norms))
-
-
-def _loss_injection(loss_fn) -> set[str]:
-    """Which of t / noise / generator the loss accepts as keyword arguments."""
-    import inspect
-
-    try:
-        params = inspect.signature(
-            loss_fn.__call__ if not hasattr(loss_fn, "forward") else loss_fn.forward
-        ).parameters
-    except (TypeError, ValueError):
-        return {"generator"}
-    names = set(params)
-    has_var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    out = {n for n in ("t", "noise", "generator") if n in names}
-    if has_var_kw and not out:
-        out = {"generator"}
-    return out
 
 
 def _verify_error(path: Path) -> str | None:
