@@ -23,7 +23,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from fasterdit.data import EMBEDDED, INFO, load_embedded, split_indices
 from fasterdit.diffusion.recipe import Recipe
+from fasterdit.diffusion.sampling import sample
 from fasterdit.errors import ConfigError, DataError
 from fasterdit.eval.classifier import asset_path, classifier_outputs, load_classifier
 from fasterdit.eval.frechet import FeatureStats, save_stats
@@ -66,16 +68,12 @@ _REFERENCES: dict[tuple[str, str, str, str], Reference] = {}
 
 @functools.lru_cache(maxsize=2)
 def _embedded_all(dataset: str) -> tuple[torch.Tensor, torch.Tensor]:
-    from fasterdit.data import load_embedded
-
     return load_embedded(dataset, "all")
 
 
 def embedded_split(dataset: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     """``load_embedded(dataset, split)``, but the package data is parsed once per process (MNIST takes
     seconds to parse, and every evaluation needs the reference split)."""
-    from fasterdit.data import split_indices
-
     x, y = _embedded_all(dataset)
     idx = torch.from_numpy(split_indices(y.numpy(), split))
     return x[idx], y[idx]
@@ -110,8 +108,6 @@ def get_reference(
     The file cache stores ``mu``/``sigma`` (ADM/torch-fidelity keys) plus the features, and is only
     reused when the dataset, split and classifier weights (sha256) match; otherwise it is rewritten.
     """
-    from fasterdit.data import EMBEDDED
-
     if dataset not in EMBEDDED:
         raise ConfigError(
             "dataset",
@@ -289,8 +285,6 @@ def generate_samples(
     models). ``amp`` (default: on CUDA only) samples under bfloat16 autocast. ``sampler_kwargs`` go
     to the sampler (e.g. ``rtol``/``atol`` of dopri5, ``eta`` of ddim).
     """
-    from fasterdit.diffusion.sampling import sample
-
     if num_samples < 1:
         raise ConfigError("num_samples", f"must be >= 1, got {num_samples}")
     if batch_size < 1:
@@ -354,8 +348,6 @@ def evaluate(
     ``return_samples=True`` adds ``samples``/``labels`` tensors; ``sampler_kwargs`` go to the sampler;
     other keyword arguments to :func:`evaluate_samples` (``k``, ``classifier_path``, ``cache_file``).
     """
-    from fasterdit.data import INFO
-
     if dataset not in INFO:
         raise ConfigError(
             "dataset", f"offline evaluation needs an embedded dataset ({', '.join(INFO)}), got {dataset!r}"

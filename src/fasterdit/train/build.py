@@ -12,9 +12,13 @@ from typing import Any
 
 import torch
 
+from fasterdit.data.embedded import EMBEDDED
 from fasterdit.diffusion.recipe import PRESETS, Recipe, get_preset
 from fasterdit.errors import ConfigError, UserError
+from fasterdit.models import create_model
+from fasterdit.train import preflight
 from fasterdit.train.config import RunConfig, check_world
+from fasterdit.train.data_source import open_source
 
 __all__ = [
     "ShapeOnly",
@@ -98,8 +102,6 @@ def model_kwargs(cfg: RunConfig, source, recipe: Recipe) -> dict[str, Any]:
 
 def build_model(cfg: RunConfig, source, recipe: Recipe, device: torch.device | str = "meta"):
     """The DiT of ``cfg.model`` for ``source``'s shape (on the meta device by default: no allocation)."""
-    from fasterdit.models import create_model
-
     kwargs = model_kwargs(cfg, source, recipe)
     try:
         with torch.device(device):
@@ -161,8 +163,6 @@ def check_config(cfg: RunConfig, world_size: int = 1):
     Raises ConfigError/DataError naming the field. Loads the data source (cheap: embedded sets are
     small; prepared sets are memory-mapped), and builds the model on the meta device.
     """
-    from fasterdit.train.data_source import open_source
-
     cfg.validate()
     check_world(cfg, world_size)
     recipe = build_recipe(cfg)
@@ -173,18 +173,12 @@ def check_config(cfg: RunConfig, world_size: int = 1):
         raise ConfigError("sample.classes", f"the data has {source.num_classes} classes, got {classes}")
     recipe = resolve_recipe_on_data(recipe, source)
     build_model(cfg, source, recipe, "meta")
-    from fasterdit.train import preflight
 
     preflight.check_samplers(cfg)
     preflight.check_guidance(cfg, int(source.num_classes))
     preflight.check_compile_backend(cfg)
-    if cfg.eval.every:
-        from fasterdit.data.embedded import EMBEDDED
-
-        if cfg.data.source not in EMBEDDED:
-            raise ConfigError(
-                "eval.every", "in-training evaluation needs an embedded dataset (mnist, digits)"
-            )
+    if cfg.eval.every and cfg.data.source not in EMBEDDED:
+        raise ConfigError("eval.every", "in-training evaluation needs an embedded dataset (mnist, digits)")
     if source.is_latent and cfg.log.sample_every and not source.vae:
         raise UserError(f"{cfg.data.source}: latent data without a VAE in its manifest cannot be sampled")
     return recipe, source

@@ -43,8 +43,13 @@ import torch
 import yaml
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from fasterdit.data.vae import decode, load_vae
 from fasterdit.diffusion.losses import DiffusionLoss
+from fasterdit.diffusion.sampling import sample
+from fasterdit.diffusion.snr import save_snr_plot
 from fasterdit.errors import ConfigError, UserError
+from fasterdit.eval import evaluate, evaluate_samples
+from fasterdit.eval.sample_job import SampleSettings, sample_shared
 from fasterdit.train import checkpoint as ckpt_mod
 from fasterdit.train.build import build_model, check_config, data_description, model_kwargs
 from fasterdit.train.config import RunConfig, config_from_dict
@@ -69,6 +74,7 @@ from fasterdit.train.ema import EMA
 from fasterdit.train.logging import MetricsLogger, Progress, plot_eval_curve, plot_loss_curve
 from fasterdit.train.preflight import check_memory, recipe_differences
 from fasterdit.train.runlock import RunDirLocked, RunLock
+from fasterdit.viz import save_image_grid
 
 __all__ = ["TrainResult", "Trainer", "TrainingAborted", "TrainingInterrupted", "train"]
 
@@ -181,7 +187,7 @@ class Trainer:
         self.dist = dist_info or init_distributed(cfg.train.device)
         # ---- every config check before any work (raises ConfigError/DataError naming the field)
         self.recipe, self.source = check_config(cfg, self.dist.world_size)
-        check_memory(cfg, self.source, self.recipe, self.dist)
+        check_memory(cfg, model_kwargs(cfg, self.source, self.recipe), self.dist)
         self.resume = resume
         self.allow_config_change = allow_config_change
         self.step = 0
@@ -662,9 +668,6 @@ class Trainer:
     @torch.no_grad()
     def sample_grid(self, path: Path) -> Path | None:
         """EMA samples from the fixed noise and labels: one row per class."""
-        from fasterdit.diffusion.sampling import sample
-        from fasterdit.viz import save_image_grid
-
         s = self.cfg.sample
         g = torch.Generator(device=self.device).manual_seed(derive_seed(self.cfg.seed, SAMPLE_TAG, 1))
         with self._autocast():
@@ -689,25 +692,18 @@ class Trainer:
     def _decode(self, z: torch.Tensor) -> torch.Tensor | None:
         if self._vae is False:
             return None
-        try:
-            from fasterdit.data.vae import decode, load_vae
-
-            if self._vae is None:
+        if self._vae is None:
+            try:
                 self._vae = load_vae(self.source.vae, device=self.device)
-            return decode(self._vae, z, batch_size=16)
-        except Exception as err:  # no diffusers / offline: training goes on without pictures
-            self._say(f"warning: cannot decode latents with VAE {self.source.vae!r} ({err}); no sample grids")
-            self._vae = False
-            return None
+            except UserError as err:  # no diffusers / offline: training goes on without pictures
+                vae = self.source.vae
+                self._say(f"warning: cannot decode latents with VAE {vae!r} ({err}); no sample grids")
+                self._vae = False
+                return None
+        return decode(self._vae, z, batch_size=16)
 
     def _evaluate(self, step: int) -> None:
         e, s = self.cfg.eval, self.cfg.sample
-        try:
-            from fasterdit.eval import evaluate
-        except ImportError as err:
-            self._say(f"warning: evaluation unavailable ({err}); eval.every ignored")
-            self.cfg.eval.every = 0
-            return
         t0 = time.time()
         kwargs = dict(
             dataset=self.cfg.data.source,
@@ -738,9 +734,6 @@ class Trainer:
     ) -> dict[str, Any] | None:
         """``eval.every`` under DDP: every rank samples its share of the batches (per-index noise,
         balanced labels, as ``fasterdit eval``), rank 0 scores them; None on the other ranks."""
-        from fasterdit.eval import evaluate_samples
-        from fasterdit.eval.sample_job import SampleSettings, sample_shared
-
         settings = SampleSettings(num_samples, seed, sampler, steps, float(cfg_scale), label_mode="balanced")
         t0 = time.time()
         got = sample_shared(self.ema.model, self.recipe, settings, batch_size=250, dist=self.dist,
@@ -850,8 +843,6 @@ class Trainer:
         if path.exists():
             return
         try:
-            from fasterdit.diffusion.snr import save_snr_plot
-
             std = self.source.channel_std
             data_std = torch.tensor(std, dtype=torch.float64) if len(std) > 1 else float(std[0])
             save_snr_plot(
@@ -861,7 +852,8 @@ class Trainer:
                 dpi=120,
                 title=f"log-SNR density of this run's recipe ({self.cfg.recipe}) on {self.cfg.data.source}",
             )
-        except Exception as err:  # a plot must never stop training
+        except (OSError, ValueError, RuntimeError) as err:  # cannot write it, or no law for this recipe: a
+            # plot must never stop training
             self._say(f"warning: no SNR-PDF plot ({type(err).__name__}: {err})")
 
     # ------------------------------------------------------------------ signals
@@ -1124,8 +1116,6 @@ def _verify_error(path: Path) -> str | None:
 
 
 def _broadcast_path(path: Path | None) -> Path | None:
-    from fasterdit.train.distributed import broadcast_object
-
     val = broadcast_object(None if path is None else str(path))
     return None if val is None else Path(val)
 
