@@ -74,6 +74,7 @@ from fasterdit.train.ema import EMA
 from fasterdit.train.logging import MetricsLogger, Progress, plot_eval_curve, plot_loss_curve
 from fasterdit.train.preflight import check_memory, recipe_differences
 from fasterdit.train.runlock import RunDirLocked, RunLock
+from fasterdit.train.step_stats import StatsLayout, StepStats
 from fasterdit.viz import save_image_grid
 
 __all__ = ["TrainResult", "Trainer", "TrainingAborted", "TrainingInterrupted", "train"]
@@ -464,7 +465,8 @@ class Trainer:
         return Draws(t, noise, drop)
 
     # ------------------------------------------------------------------ one step
-    def _train_step(self, step: int) -> torch.Tensor:
+    def _train_step(self, step: int) -> tuple[StatsLayout, torch.Tensor]:
+        """One optimizer step; its stats stay on the device (read a step later, see ``_post``)."""
         cfg, d = self.cfg, self.dist
         B, W, A = cfg.train.batch_size, d.world_size, cfg.train.grad_accum
         per_rank = B // W
@@ -514,7 +516,7 @@ class Trainer:
                     vd = v.detach().float().reshape(())
                     term_acc[k] = vd if k not in term_acc else term_acc[k] + vd
         assert loss_acc is not None
-        self._term_names = sorted(term_acc)
+        layout = StatsLayout(tuple(sorted(term_acc)))
 
         # grad norm (clipping if asked); on DDP grads are already averaged, so it agrees across ranks
         clip = cfg.optim.grad_clip
@@ -523,8 +525,8 @@ class Trainer:
         else:
             gnorm = _total_norm(self.params)
 
-        stats = torch.stack(
-            [loss_acc / A, *[term_acc[k] / A for k in self._term_names], self._stop_flag_tensor()]
+        stats = layout.reduced_part(
+            loss_acc / A, {k: v / A for k, v in term_acc.items()}, self._stop_flag_tensor()
         )
         if d.distributed:
             all_reduce_sum(stats)
@@ -546,45 +548,42 @@ class Trainer:
             self.ema.num_updates += 1
         self.opt.zero_grad(set_to_none=True)
         self.images_seen += B
-        return torch.cat([stats, ok.float().reshape(1), gnorm.detach().float().reshape(1)])
+        return layout, layout.complete(stats, ok, gnorm)
 
     def _stop_flag_tensor(self) -> torch.Tensor:
         self._stop_dev.fill_(1.0 if self._stop_signal else 0.0)
         return self._stop_dev.clone()
 
     # ------------------------------------------------------------------ lagged host read
-    def _post(self, step: int, vec: torch.Tensor) -> None:
+    def _post(self, step: int, layout: StatsLayout, vec: torch.Tensor) -> None:
         """Queue this step's stats for the host without waiting (CUDA: pinned buffer + event)."""
         if self.is_cuda:
             buf = torch.empty(vec.shape, dtype=vec.dtype, pin_memory=True)
             buf.copy_(vec, non_blocking=True)
             ev = torch.cuda.Event()
             ev.record()
-            self._pending.append((step, buf, ev))
+            self._pending.append((step, layout, buf, ev))
         else:
-            self._pending.append((step, vec, None))
+            self._pending.append((step, layout, vec, None))
 
     def _drain(self, keep: int = 0) -> None:
         """Consume queued stats, leaving the newest ``keep`` (1 = the lagged read, 0 = a full flush)."""
         while len(self._pending) > keep:
-            step, buf, ev = self._pending.pop(0)
+            step, layout, buf, ev = self._pending.pop(0)
             if ev is not None:
                 ev.synchronize()
-            self._consume(step, buf.tolist())
+            self._consume(step, layout.read(buf.tolist()))
 
-    def _consume(self, step: int, vals: list[float]) -> None:
-        n_terms = len(self._term_names)
-        loss = vals[0]
-        terms = dict(zip(self._term_names, vals[1 : 1 + n_terms]))
-        stop, ok, gnorm = vals[1 + n_terms], vals[2 + n_terms] > 0.5, vals[3 + n_terms]
+    def _consume(self, step: int, st: StepStats) -> None:
+        loss, gnorm = st.loss, st.grad_norm
         self.losses.append(loss)
-        if stop > 0 and self._agreed_stop is None:
+        if st.stop and self._agreed_stop is None:
             self._agreed_stop = step + 1  # every rank sees the same all-reduced flag at the same step
-        if ok:
+        if st.ok:
             self.streak = 0
             self._int_loss += loss
             self._int_n += 1
-            for k, v in terms.items():
+            for k, v in st.terms.items():
                 self._int_terms[k] = self._int_terms.get(k, 0.0) + v
             self._int_gnorm = max(self._int_gnorm, gnorm)
         else:
@@ -983,8 +982,8 @@ class Trainer:
             self._write_snr_plot()
 
         self.losses = array("d")
-        self._pending: list = []
-        self._term_names: list[str] = []
+        # (step, layout, stats tensor, CUDA event or None): the stats not yet read on the host
+        self._pending: list[tuple[int, StatsLayout, torch.Tensor, torch.cuda.Event | None]] = []
         self._agreed_stop: int | None = None
         self._int_loss, self._int_n, self._int_terms, self._int_gnorm, self._int_skipped = 0.0, 0, {}, 0.0, 0
         ckpt_due = False
@@ -1004,9 +1003,9 @@ class Trainer:
                         stopped_by = self._stop_signal
                         break
                     t0 = time.time()
-                    vec = self._train_step(self.step)
+                    layout, vec = self._train_step(self.step)
                     self.step += 1
-                    self._post(self.step - 1, vec)
+                    self._post(self.step - 1, layout, vec)
                     self._drain(keep=1)
                     dt = time.time() - t0
                     train_time += dt
