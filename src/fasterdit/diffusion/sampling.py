@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from fasterdit.diffusion.sampling_base import ModelFn, NoiseSource, PerSampleNoise, SampleResult
+from fasterdit.diffusion.sampling_base import ModelFn, Network, NoiseSource, PerSampleNoise, SampleResult
 from fasterdit.diffusion.sampling_ddpm import ddim, ddpm, space_timesteps
 from fasterdit.diffusion.sampling_ode import dopri5, euler, euler_maruyama, heun
 from fasterdit.errors import ConfigError
@@ -39,6 +39,7 @@ __all__ = [
     "SAMPLERS",
     "SAMPLER_OPTIONS",
     "ModelFn",
+    "Network",
     "PerSampleNoise",
     "SampleResult",
     "ddim",
@@ -89,7 +90,7 @@ def _check_interval(interval: Any) -> tuple[float, float] | None:
 
 
 def guided_model_fn(
-    model: Callable[..., Tensor],
+    model: Network,
     recipe: Recipe,
     y: Tensor | None = None,
     *,
@@ -112,7 +113,7 @@ def guided_model_fn(
     if not (isinstance(cfg_scale, int | float) and math.isfinite(cfg_scale)):
         raise ConfigError("cfg_scale", f"must be a finite number, got {cfg_scale!r}")
     interval = _check_interval(guidance_interval)
-    num_classes = int(getattr(model, "num_classes", 0) or 0)
+    num_classes = int(model.num_classes)
     guided = cfg_scale != 1.0
     if guided and num_classes <= 0:
         raise ConfigError(
@@ -155,7 +156,7 @@ def guided_model_fn(
 
 
 def sample(
-    model: Callable[..., Tensor],
+    model: Network,
     recipe: Recipe,
     noise: Tensor,
     *,
