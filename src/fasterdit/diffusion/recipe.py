@@ -35,6 +35,7 @@ import torch
 import yaml
 from torch import Tensor
 
+from fasterdit.diffusion.codec import dataclass_from_mapping, field_dict, reject_unknown
 from fasterdit.diffusion.sampling import SAMPLERS
 from fasterdit.diffusion.scaling import DataScaling
 from fasterdit.diffusion.schedules import SCHEDULES, Schedule, get_schedule
@@ -76,23 +77,6 @@ def _params_field(prefix: str, params_key: str) -> Iterator[None]:
         if err.field == "timesteps.shift":
             raise ConfigError("time_shift", str(err).split(": ", 1)[1]) from err
         raise
-
-
-def _from_mapping(cls: type, d: Any, prefix: str) -> Any:
-    """Build a config dataclass from a mapping, naming unknown keys in the error."""
-    if d is None:
-        return cls()
-    if isinstance(d, cls):
-        return d
-    if not isinstance(d, Mapping):
-        raise ConfigError(prefix, f"must be a mapping, got {type(d).__name__}")
-    names = {f.name for f in fields(cls)}
-    unknown = set(d) - names
-    if unknown:
-        raise ConfigError(
-            f"{prefix}.{sorted(unknown)[0]}", f"unknown key; allowed keys: {', '.join(sorted(names))}"
-        )
-    return cls(**d)
 
 
 @dataclass
@@ -356,20 +340,15 @@ class Recipe:
             "time_scale": float(self.time_scale),
             "learn_sigma": self.learn_sigma,
             "scaling": self.scaling.to_dict(),
-            "loss": {f.name: copy.deepcopy(getattr(self.loss, f.name)) for f in fields(LossConfig)},
-            "sampler": {f.name: copy.deepcopy(getattr(self.sampler, f.name)) for f in fields(SamplerConfig)},
+            "loss": field_dict(self.loss),
+            "sampler": field_dict(self.sampler),
         }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Recipe:
         if not isinstance(d, Mapping):
             raise ConfigError("recipe", f"must be a mapping, got {type(d).__name__}")
-        top = {f.name for f in fields(cls)}
-        unknown = set(d) - top
-        if unknown:
-            raise ConfigError(
-                sorted(unknown)[0], f"unknown recipe key; allowed keys: {', '.join(sorted(top))}"
-            )
+        reject_unknown(d, [f.name for f in fields(cls)], "")
         kw = {k: copy.deepcopy(v) for k, v in d.items() if k not in ("scaling", "loss", "sampler")}
         for k in ("schedule_params", "timestep_params"):
             if kw.get(k) is None and k in kw:
@@ -377,8 +356,8 @@ class Recipe:
         recipe = cls(
             **kw,
             scaling=DataScaling.from_dict(d.get("scaling")),
-            loss=_from_mapping(LossConfig, copy.deepcopy(d.get("loss")), "loss"),
-            sampler=_from_mapping(SamplerConfig, copy.deepcopy(d.get("sampler")), "sampler"),
+            loss=dataclass_from_mapping(LossConfig, d.get("loss"), "loss"),
+            sampler=dataclass_from_mapping(SamplerConfig, d.get("sampler"), "sampler"),
         )
         return recipe.validate()
 
