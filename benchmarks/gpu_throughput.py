@@ -253,9 +253,8 @@ def time_official(model: str, batch: int, variant: str, plan: Plan, device: torc
     return {"step_s": (time.perf_counter() - t0) / plan.timed, "first_step_s": first}
 
 
-def config_name(model: str) -> str:
-    """The shipped ImageNet-256 config a model's trainer cases start from (its model name is overridden)."""
-    return "imagenet256-dit-xl2" if model == "DiT-XL/2" else "imagenet256-dit-b2"
+#: the shipped ImageNet-256 config every trainer case starts from (model and steps are overridden)
+CONFIG = "imagenet256"
 
 
 def trainer_overrides(model: str, batch: int, variant: str, plan: Plan, data: Path, device) -> list[str]:
@@ -291,7 +290,7 @@ def time_trainer(
     from fasterdit.train.config import load_config
     from fasterdit.train.trainer import Trainer
 
-    cfg = load_config(config_name(model), trainer_overrides(model, batch, variant, plan, data, device))
+    cfg = load_config(CONFIG, trainer_overrides(model, batch, variant, plan, data, device))
     stamps: dict[str, float] = {}
     t_start = time.perf_counter()
 
@@ -414,7 +413,7 @@ def dry_run(model: str, batch: int, plan: Plan, data: Path, device) -> dict[str,
     """``fasterdit train --dry-run`` (the real CLI, in-process) for a case, and its GPU row's estimate."""
     from fasterdit.cli import main as cli
 
-    args = ["train", "--config", config_name(model), "--dry-run"]
+    args = ["train", "--config", CONFIG, "--dry-run"]
     for s in trainer_overrides(model, batch, "fasterdit", plan, data, device):
         args += ["--set", s]
     buf = io.StringIO()

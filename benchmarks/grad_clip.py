@@ -74,10 +74,10 @@ def first_step_norms(model_name: str, shape: tuple[int, int, int], quick: bool) 
         head = model.final_layer.linear.weight.grad.norm()
         return float(total), float(head)
 
-    loss_fn = DiffusionLoss(recipe)
+    loss_fn = DiffusionLoss(recipe, patch_size=model.patch_size)
     terms = loss_fn(model, x0, y, t=t, noise=noise)
     out["floored"] = norms(terms["loss"])
-    mse_only = DiffusionLoss(recipe.updated({"loss.direction_weight": 0.0}))
+    mse_only = DiffusionLoss(recipe.updated({"loss.direction_weight": 0.0}), patch_size=model.patch_size)
     out["mse_only"] = norms(mse_only(model, x0, y, t=t, noise=noise)["loss"])
     # the exact cosine as LightningDiT computes it, on the same prediction and target
     xt = (1 - t).view(-1, 1, 1, 1) * x0 + t.view(-1, 1, 1, 1) * noise

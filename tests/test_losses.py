@@ -13,7 +13,6 @@ from fasterdit.diffusion.losses import (
     direction_loss,
     dit_vb_terms,
     min_snr_weight,
-    model_patch_size,
 )
 from fasterdit.diffusion.recipe import LossConfig, Recipe, get_preset
 from fasterdit.diffusion.schedules import get_schedule
@@ -274,22 +273,23 @@ def test_channel_mismatch_names_learn_sigma():
     assert e.value.field == "learn_sigma"
 
 
-def test_patch_size_is_read_through_wrappers():
-    class Emb(torch.nn.Module):
-        patch_size = (4, 4)
-
-    class Official(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.x_embedder = Emb()
-
-    class Wrapper(torch.nn.Module):
-        def __init__(self, m):
-            super().__init__()
-            self.module = m
-
-    assert model_patch_size(Wrapper(Official())) == 4
-    assert model_patch_size(torch.nn.Linear(1, 1)) is None
+def test_token_direction_uses_the_patch_size_the_loss_is_given():
+    """The token cosine takes p from DiffusionLoss(recipe, patch_size) (the trainer passes the DiT's),
+    ``loss.direction_patch`` wins over it, and without either the error names the field."""
+    x0, eps = _latents(c=1)
+    t = torch.full((5,), 0.4, dtype=F64)
+    out = torch.randn(5, 1, 8, 8, dtype=F64, generator=torch.Generator().manual_seed(3))
+    r = replace_loss(get_preset("fasterdit").resolve(x0), direction_mode="token")
+    u = target_from_data("velocity", r.scaling.forward(x0), eps, t, r.schedule_obj)
+    for p in (2, 4):
+        got = DiffusionLoss(r, patch_size=p)(FixedNet(out), x0, None, t=t, noise=eps)["direction"]
+        assert float(got) == float(direction_loss(out, u, "token", p).mean())
+    fixed = replace_loss(r, direction_patch=4)
+    got = DiffusionLoss(fixed, patch_size=2)(FixedNet(out), x0, None, t=t, noise=eps)["direction"]
+    assert float(got) == float(direction_loss(out, u, "token", 4).mean())
+    with pytest.raises(ConfigError) as e:
+        DiffusionLoss(r)(FixedNet(out), x0, None, t=t, noise=eps)
+    assert e.value.field == "loss.direction_patch"
 
 
 def test_direction_loss_gradient_is_bounded_at_a_zero_prediction():
@@ -351,7 +351,7 @@ def test_fasterdit_preset_trains_lightningdits_loss_on_latents():
     assert float(terms["loss"]) == pytest.approx(ref_loss, rel=1e-12)
     assert float(terms["direction"]) == pytest.approx(ref_dir, rel=1e-12)
     # the token form (the former default) is measurably another loss on the same tensors
-    tok = DiffusionLoss(replace_loss(r, direction_mode="token"))
+    tok = DiffusionLoss(replace_loss(r, direction_mode="token"), patch_size=FixedNet.patch_size)
     other = tok(FixedNet(out), x_lat, None, t=t, noise=eps)["direction"]
     assert abs(float(other) - ref_dir) > 1e-3
 
@@ -386,13 +386,18 @@ def test_auto_direction_mode_is_token_on_one_channel_and_is_said():
     t = torch.full((5,), 0.4, dtype=F64)
     out = torch.randn(5, 1, 8, 8, dtype=F64, generator=torch.Generator().manual_seed(2))
     fixed = r.resolve(x0)
-    a = DiffusionLoss(fixed)(FixedNet(out), x0, None, t=t, noise=eps)["direction"]
-    b = DiffusionLoss(replace_loss(fixed, direction_mode="token"))(FixedNet(out), x0, None, t=t, noise=eps)
+    p = FixedNet.patch_size
+    a = DiffusionLoss(fixed, patch_size=p)(FixedNet(out), x0, None, t=t, noise=eps)["direction"]
+    b = DiffusionLoss(replace_loss(fixed, direction_mode="token"), patch_size=p)(
+        FixedNet(out), x0, None, t=t, noise=eps
+    )
     assert float(a) == float(b["direction"])
 
 
-@pytest.mark.parametrize("config", ["imagenet256-dit-xl2", "imagenet256-dit-b2"])
-def test_imagenet_configs_train_the_references_loss_and_optimizer(config):
+@pytest.mark.parametrize(
+    "overrides", [[], ["model.name=DiT-B/2", "train.steps=400000"]], ids=["DiT-XL/2", "DiT-B/2"]
+)
+def test_imagenet_configs_train_the_references_loss_and_optimizer(overrides):
     """LightningDiT's direction loss on the 4-channel latents, and DiT's optimizer: AdamW lr 1e-4, no
     weight decay, no warm-up, no clipping (docs/benchmarks/grad_clip.md measured that it can go)."""
     from pathlib import Path
@@ -400,8 +405,8 @@ def test_imagenet_configs_train_the_references_loss_and_optimizer(config):
     from fasterdit.train.build import ShapeOnly, build_recipe, resolve_recipe_on_data
     from fasterdit.train.config import load_config
 
-    path = Path(__file__).resolve().parents[1] / "configs" / f"{config}.yaml"
-    cfg = load_config(str(path))
+    path = Path(__file__).resolve().parents[1] / "configs" / "imagenet256.yaml"
+    cfg = load_config(str(path), overrides)
     recipe = resolve_recipe_on_data(build_recipe(cfg), ShapeOnly(cfg))
     assert recipe.loss.direction_weight == 1.0 and recipe.loss.direction_mode == "channel"
     o = cfg.optim

@@ -616,3 +616,16 @@ def test_euler_is_sits_euler_ode(sched_name):
         assert float((jump.x - x).abs().max()) > 1e-3  # the jump is another method there
     else:
         torch.testing.assert_close(jump.x, x, rtol=1e-12, atol=1e-12)  # flow-linear: the same step
+
+
+def test_sampler_options_match_the_signatures():
+    """sample() checks options against SAMPLER_OPTIONS; the declaration must be the signature."""
+    import inspect
+
+    from fasterdit.diffusion.sampling import SAMPLER_OPTIONS
+
+    assert set(SAMPLER_OPTIONS) == set(SAMPLERS)
+    fixed = ("model_fn", "noise", "schedule", "target", "steps", "shift", "return_trajectory")
+    for name, fn in SAMPLERS.items():
+        params = tuple(p for p in inspect.signature(fn).parameters if p not in fixed)
+        assert SAMPLER_OPTIONS[name] == params, name

@@ -14,7 +14,10 @@ from fasterdit.train.build import check_config
 from fasterdit.train.config import RunConfig, config_from_dict, load_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-SHIPPED = ["demo", "mnist-dit", "mnist-sit", "mnist-fasterdit", "imagenet256-dit-b2", "imagenet256-dit-xl2"]
+SHIPPED = ["demo", "mnist", "imagenet256"]
+#: the documented one-line variants of the shipped configs (configs/mnist.yaml, configs/imagenet256.yaml)
+MNIST_RECIPE = {r: [f"recipe={r}"] for r in ("dit", "sit", "fasterdit")}
+IMAGENET_B2 = ["model.name=DiT-B/2", "train.steps=400000"]
 
 
 @pytest.mark.parametrize("name", SHIPPED)
@@ -25,15 +28,16 @@ def test_shipped_configs_load_and_round_trip(name):
 
 
 def test_preset_configs_differ_only_in_recipe():
-    dicts = {r: load_config(f"mnist-{r}").to_dict() for r in ("dit", "sit", "fasterdit")}
+    dicts = {r: load_config("mnist", sets).to_dict() for r, sets in MNIST_RECIPE.items()}
     for r, d in dicts.items():
         assert d.pop("recipe") == r
     assert dicts["dit"] == dicts["sit"] == dicts["fasterdit"]
 
 
 def test_imagenet_configs_follow_the_paper():
-    for name, model in (("imagenet256-dit-b2", "DiT-B/2"), ("imagenet256-dit-xl2", "DiT-XL/2")):
-        c = load_config(name)
+    for sets, model, steps in ((IMAGENET_B2, "DiT-B/2", 400_000), ([], "DiT-XL/2", 1_000_000)):
+        c = load_config("imagenet256", sets)
+        assert c.train.steps == steps
         assert (c.model.name, c.train.batch_size, c.optim.lr, c.optim.weight_decay) == (model, 256, 1e-4, 0.0)
         assert (c.train.ema_decay, c.train.precision, c.data.resolution, c.data.channels) == (
             0.9999,
@@ -129,7 +133,8 @@ def test_prepared_data_path_errors_are_data_errors(tmp_path):
 
 
 def test_dry_run_prints_the_cost_without_data(capsys):
-    assert main(["train", "--config", "imagenet256-dit-b2", "--dry-run", "--gpus", "8"]) == 0
+    b2 = [a for s in IMAGENET_B2 for a in ("--set", s)]
+    assert main(["train", "--config", "imagenet256", *b2, "--dry-run", "--gpus", "8"]) == 0
     out = capsys.readouterr().out
     assert "DiT-B/2" in out and "FLOPs" in out and "A100" in out and "not present" in out
     assert main(["train", "--config", "demo", "--dry-run"]) == 0

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -33,8 +34,6 @@ def image_grid(images: torch.Tensor, nrow: int | None = None, pad: int = 2, scal
 
 def save_image_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None, scale: int = 1) -> Path:
     """Write a PNG grid of (N, C, H, W) images in [-1, 1]; 1-channel images are saved as grayscale."""
-    from PIL import Image
-
     grid = image_grid(images, nrow=nrow, scale=scale)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

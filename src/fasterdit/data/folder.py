@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from fasterdit.errors import ConfigError, DataError
@@ -102,7 +103,6 @@ def scan_folder(root: str | Path) -> tuple[list[Path], list[int], dict[str, int]
 
 
 def _to_rgb(img):  # PIL.Image -> PIL.Image in mode RGB
-    from PIL import Image
 
     mode = img.mode
     if mode == "RGB":
@@ -135,8 +135,6 @@ def center_crop(img, resolution: int):
     resize so the shorter side equals the target, then cut the centre square (offsets rounded down).
     An image smaller than the target is upsampled by the same bicubic resize.
     """
-    from PIL import Image
-
     while min(img.size) >= 2 * resolution:
         img = img.resize((img.size[0] // 2, img.size[1] // 2), resample=Image.Resampling.BOX)
     factor = resolution / min(img.size)
@@ -153,8 +151,6 @@ class BadImage(Exception):
 
 
 def _decode(path: Path, resolution: int, small: str) -> tuple[np.ndarray, str | None]:
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
     try:
         with warnings.catch_warnings():
             # Pillow warns (not raises) on some broken files; we want those to count as broken.

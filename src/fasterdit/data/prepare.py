@@ -53,10 +53,22 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
+from safetensors.numpy import save
+from tqdm.auto import tqdm
 
 from fasterdit.data.folder import SMALL, BadImage, _decode, scan_folder, to_tensor
 from fasterdit.data.prepared import FORMAT_VERSION, MANIFEST, STORAGE_DTYPES, read_header, shard_metadata
 from fasterdit.data.stats import RunningStats
+from fasterdit.data.vae import (
+    ALIASES,
+    encode_distribution,
+    load_vae,
+    parse_dtype,
+    vae_downsample_factor,
+    vae_scaling_factor,
+    vae_shift_factor,
+)
 from fasterdit.errors import ConfigError, DataError
 
 SHARD_TARGET_BYTES = 256 * 2**20  # default shard size: as many items as fit in about 256 MB
@@ -86,16 +98,12 @@ class _Dist:
 
     def barrier(self) -> None:
         if self.active:
-            import torch.distributed as dist
-
             dist.barrier(group=self.group)
 
     def broadcast(self, obj: Any) -> Any:
         """``obj`` of rank 0, on every rank."""
         if not self.active:
             return obj
-        import torch.distributed as dist
-
         box = [obj]
         dist.broadcast_object_list(box, src=0, group=self.group)
         return box[0]
@@ -103,8 +111,6 @@ class _Dist:
     def gather(self, obj: Any) -> list[Any]:
         if not self.active:
             return [obj]
-        import torch.distributed as dist
-
         out: list[Any] = [None] * self.world
         dist.all_gather_object(out, obj, group=self.group)
         return out
@@ -114,8 +120,6 @@ def _setup_dist() -> _Dist:
     """Join the torchrun job if there is one. Our collectives are small CPU objects, so we use a gloo
     group even on GPUs (no device bookkeeping, and a long timeout: a rank whose shards were all done
     before a resume waits for the others)."""
-    import torch.distributed as dist
-
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if dist.is_available() and dist.is_initialized():
@@ -148,8 +152,6 @@ def _write_shard(path: Path, tensors: dict[str, np.ndarray], meta: dict[str, Any
     """Write a safetensors shard atomically (temporary file, fsync, rename): a shard file either is
     complete or does not exist, which is what makes resuming safe. One metadata entry only, a JSON
     string with sorted keys, so the bytes are deterministic."""
-    from safetensors.numpy import save
-
     blob = save(
         {k: np.ascontiguousarray(v) for k, v in tensors.items()},
         metadata={"fasterdit": json.dumps(meta, sort_keys=True)},
@@ -362,15 +364,6 @@ def prepare(
     an interrupted run. ``on_shard_written(k, path)`` is called after each new shard (tests use it to
     simulate a crash).
     """
-    from fasterdit.data.vae import (
-        ALIASES,
-        load_vae,
-        parse_dtype,
-        vae_downsample_factor,
-        vae_scaling_factor,
-        vae_shift_factor,
-    )
-
     images, out = Path(images).expanduser(), Path(out).expanduser()
     resolution = int(resolution)
     if resolution <= 0:
@@ -475,8 +468,6 @@ def prepare(
 
         n_mine = sum(len(shard_range(k)) for k in mine)
         n_done = sum(len(shard_range(k)) for k in done)
-        from tqdm.auto import tqdm
-
         bar = tqdm(
             total=n_mine,
             initial=n_done,
@@ -671,15 +662,11 @@ def prepare(
         return manifest
     finally:
         if dist_.owns_init:
-            import torch.distributed as dist
-
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(RuntimeError, ValueError):  # cleanup must not hide the real error
                 dist.destroy_process_group()
 
 
 def _encode_cpu(model, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     """Encode a batch and bring ``(mean, logvar)`` back to the CPU as float32 NumPy arrays."""
-    from fasterdit.data.vae import encode_distribution
-
     mean, logvar = encode_distribution(model, x)
     return mean.cpu().numpy(), logvar.cpu().numpy()

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 __all__ = ["RunningStats"]
 
@@ -152,8 +153,6 @@ class RunningStats:
         no data take part with zeros. A no-op when torch.distributed is not initialised. Tensors
         travel on the current CUDA device for the NCCL backend, on the CPU otherwise.
         """
-        import torch.distributed as dist
-
         if not (dist.is_available() and dist.is_initialized()):
             return self
         backend = dist.get_backend(group)

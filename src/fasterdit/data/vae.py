@@ -39,7 +39,7 @@ def parse_dtype(name: str | torch.dtype) -> torch.dtype:
 
 
 def _autoencoder_class():
-    try:
+    try:  # lazy: diffusers is the optional "fasterdit[vae]" extra, and ~3.4 s to import
         from diffusers import AutoencoderKL
     except ImportError as err:
         raise UserError(

@@ -1,7 +1,7 @@
 """The training loss of a Recipe: target MSE (+ SNR weighting), velocity-direction loss, DiT's VB term.
 
-``DiffusionLoss(recipe)(model, x0, y, generator=g)`` draws t from the recipe's timestep sampler and ε
-from ``g``, builds ``x_t = α·x + σ·ε`` in diffusion space (data scaled by the recipe), calls
+``DiffusionLoss(recipe, patch_size)(model, x0, y, generator=g)`` draws t from the recipe's timestep
+sampler and ε from ``g``, builds ``x_t = α·x + σ·ε`` in diffusion space (data scaled by the recipe), calls
 ``model(x_t, recipe.model_time(t), y)`` and returns a dict of terms: ``"loss"`` (the scalar to
 backpropagate) plus detached ``"mse"``, ``"mse_weighted"``, ``"direction"``, ``"vb"`` as they apply.
 
@@ -177,25 +177,6 @@ def dit_vb_terms(
 
 
 # --- the loss ------------------------------------------------------------------------------------------
-def _unwrap(model: Any) -> Any:
-    """The bare module behind DDP / torch.compile wrappers."""
-    for attr in ("module", "_orig_mod"):
-        while hasattr(model, attr) and isinstance(getattr(model, attr), torch.nn.Module):
-            model = getattr(model, attr)
-    return model
-
-
-def model_patch_size(model: Any) -> int | None:
-    """The model's patch size (``patch_size`` or the official DiT's ``x_embedder.patch_size``), if any."""
-    m = _unwrap(model)
-    p = getattr(m, "patch_size", None)
-    if p is None and hasattr(m, "x_embedder"):
-        p = getattr(m.x_embedder, "patch_size", None)
-    if isinstance(p, (tuple, list)):
-        p = p[0]
-    return int(p) if p is not None else None
-
-
 def _randn(
     shape: torch.Size, generator: torch.Generator | None, device: torch.device, dtype: torch.dtype
 ) -> Tensor:
@@ -206,10 +187,16 @@ def _randn(
 
 
 class DiffusionLoss:
-    """The loss of a Recipe; see the module docstring for the terms."""
+    """The loss of a Recipe; see the module docstring for the terms.
 
-    def __init__(self, recipe: Recipe):
+    ``patch_size`` is the model's token size, the default p of the ``token`` direction loss (when
+    ``loss.direction_patch`` is unset): given here by whoever builds the model, so the loss never has
+    to look inside the (DDP- or compile-wrapped) model for it.
+    """
+
+    def __init__(self, recipe: Recipe, patch_size: int | None = None):
         self.recipe = recipe.validate()
+        self.patch_size = patch_size
         self.schedule = recipe.schedule_obj
         self.sampler = recipe.timestep_sampler_obj
 
@@ -271,7 +258,7 @@ class DiffusionLoss:
                 u_hat = convert(pred, r.target, "velocity", x_t, tc, sched)
                 u = target_from_data("velocity", x, eps, tc, sched)
             mode = r.loss.direction_mode_for(c)
-            patch = r.loss.direction_patch or (model_patch_size(model) if mode == "token" else None)
+            patch = r.loss.direction_patch or (self.patch_size if mode == "token" else None)
             d = direction_loss(u_hat, u, mode, patch)
             per_sample = per_sample + r.loss.direction_weight * d
             terms["direction"] = d.mean()

@@ -35,18 +35,21 @@ import torch
 import yaml
 from torch import Tensor
 
+from fasterdit.diffusion.codec import dataclass_from_mapping, field_dict, reject_unknown
+from fasterdit.diffusion.sampling import SAMPLERS
 from fasterdit.diffusion.scaling import DataScaling
 from fasterdit.diffusion.schedules import SCHEDULES, Schedule, get_schedule
 from fasterdit.diffusion.targets import TARGETS
 from fasterdit.diffusion.timesteps import TIMESTEP_SAMPLERS, TimestepSampler, get_timestep_sampler
+from fasterdit.dotted import apply_dotted
 from fasterdit.errors import ConfigError, DataError
 
 PRESETS = ("dit", "sit", "fasterdit")
 TIME_INPUTS = ("index", "scaled", "reversed")
 WEIGHTINGS = ("none", "min-snr")
 DIRECTION_MODES = ("auto", "channel", "token", "sample")
-# Fallback list; the samplers module's own SAMPLERS wins when it exists.
-SAMPLER_NAMES = ("euler", "heun", "dopri5", "euler-maruyama", "ddpm", "ddim")
+#: the free-form parameter mappings of the recipe (their objects check the keys)
+PARAMS_SECTIONS = ("schedule_params", "timestep_params")
 
 
 def _check_choice(field_name: str, value: Any, allowed: tuple[str, ...]) -> None:
@@ -74,23 +77,6 @@ def _params_field(prefix: str, params_key: str) -> Iterator[None]:
         if err.field == "timesteps.shift":
             raise ConfigError("time_shift", str(err).split(": ", 1)[1]) from err
         raise
-
-
-def _from_mapping(cls: type, d: Any, prefix: str) -> Any:
-    """Build a config dataclass from a mapping, naming unknown keys in the error."""
-    if d is None:
-        return cls()
-    if isinstance(d, cls):
-        return d
-    if not isinstance(d, Mapping):
-        raise ConfigError(prefix, f"must be a mapping, got {type(d).__name__}")
-    names = {f.name for f in fields(cls)}
-    unknown = set(d) - names
-    if unknown:
-        raise ConfigError(
-            f"{prefix}.{sorted(unknown)[0]}", f"unknown key; allowed keys: {', '.join(sorted(names))}"
-        )
-    return cls(**d)
 
 
 @dataclass
@@ -164,7 +150,7 @@ class SamplerConfig:
     guidance_interval: list[float] | None = None
 
     def validate(self, sched: Schedule) -> None:
-        _check_choice("sampler.name", self.name, _sampler_names())
+        _check_choice("sampler.name", self.name, tuple(SAMPLERS))
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
             raise ConfigError("sampler.steps", f"must be a positive integer, got {self.steps!r}")
         _check_number("sampler.shift", self.shift, positive=True)
@@ -187,16 +173,6 @@ class SamplerConfig:
                 "sampler.name",
                 f"'ddpm' needs a discrete chain (ddpm-linear or ddpm-cosine), not {sched.name!r}",
             )
-
-
-def _sampler_names() -> tuple[str, ...]:
-    try:  # the samplers module owns the list when it exists (imported lazily: it imports this module)
-        from fasterdit.diffusion import sampling
-
-        names = getattr(sampling, "SAMPLERS", None)
-    except Exception:  # validation must not depend on an optional module importing cleanly
-        names = None
-    return tuple(names) if names else SAMPLER_NAMES
 
 
 @dataclass
@@ -340,16 +316,14 @@ class Recipe:
         return replace(self, loss=replace(self.loss, direction_mode=mode)).validate()
 
     def updated(self, overrides: Mapping[str, Any]) -> Recipe:
-        """A validated copy with dotted-key overrides, e.g. ``{"loss.direction_weight": 0.5}``."""
+        """A validated copy with dotted-key overrides, e.g. ``{"loss.direction_weight": 0.5}``.
+
+        The parameter mappings (``schedule_params``, ``timestep_params``) take new keys; every other
+        key must be a recipe field (ConfigError naming it otherwise).
+        """
         d = self.to_dict()
         for key, value in overrides.items():
-            node = d
-            parts = key.split(".")
-            for p in parts[:-1]:
-                if not isinstance(node.get(p), dict):
-                    raise ConfigError(key, f"{p!r} is not a section of the recipe")
-                node = node[p]
-            node[parts[-1]] = value
+            apply_dotted(d, key, copy.deepcopy(value), what="recipe", open_sections=PARAMS_SECTIONS)
         return Recipe.from_dict(d)
 
     # --- (de)serialisation -------------------------------------------------------------------------
@@ -366,20 +340,15 @@ class Recipe:
             "time_scale": float(self.time_scale),
             "learn_sigma": self.learn_sigma,
             "scaling": self.scaling.to_dict(),
-            "loss": {f.name: copy.deepcopy(getattr(self.loss, f.name)) for f in fields(LossConfig)},
-            "sampler": {f.name: copy.deepcopy(getattr(self.sampler, f.name)) for f in fields(SamplerConfig)},
+            "loss": field_dict(self.loss),
+            "sampler": field_dict(self.sampler),
         }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Recipe:
         if not isinstance(d, Mapping):
             raise ConfigError("recipe", f"must be a mapping, got {type(d).__name__}")
-        top = {f.name for f in fields(cls)}
-        unknown = set(d) - top
-        if unknown:
-            raise ConfigError(
-                sorted(unknown)[0], f"unknown recipe key; allowed keys: {', '.join(sorted(top))}"
-            )
+        reject_unknown(d, [f.name for f in fields(cls)], "")
         kw = {k: copy.deepcopy(v) for k, v in d.items() if k not in ("scaling", "loss", "sampler")}
         for k in ("schedule_params", "timestep_params"):
             if kw.get(k) is None and k in kw:
@@ -387,8 +356,8 @@ class Recipe:
         recipe = cls(
             **kw,
             scaling=DataScaling.from_dict(d.get("scaling")),
-            loss=_from_mapping(LossConfig, copy.deepcopy(d.get("loss")), "loss"),
-            sampler=_from_mapping(SamplerConfig, copy.deepcopy(d.get("sampler")), "sampler"),
+            loss=dataclass_from_mapping(LossConfig, d.get("loss"), "loss"),
+            sampler=dataclass_from_mapping(SamplerConfig, d.get("sampler"), "sampler"),
         )
         return recipe.validate()
 

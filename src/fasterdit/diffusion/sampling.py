@@ -20,22 +20,26 @@ doubling happens, so the cost per evaluation halves there while the NFE stays th
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
-from fasterdit.diffusion.sampling_base import ModelFn, NoiseSource, PerSampleNoise, SampleResult
+from fasterdit.diffusion.sampling_base import ModelFn, Network, NoiseSource, PerSampleNoise, SampleResult
 from fasterdit.diffusion.sampling_ddpm import ddim, ddpm, space_timesteps
 from fasterdit.diffusion.sampling_ode import dopri5, euler, euler_maruyama, heun
 from fasterdit.errors import ConfigError
 
+if TYPE_CHECKING:  # the recipe module imports this one (for the sampler names)
+    from fasterdit.diffusion.recipe import Recipe
+
 __all__ = [
     "SAMPLERS",
+    "SAMPLER_OPTIONS",
     "ModelFn",
+    "Network",
     "PerSampleNoise",
     "SampleResult",
     "ddim",
@@ -58,6 +62,20 @@ SAMPLERS: dict[str, Callable[..., SampleResult]] = {
     "ddim": ddim,
 }
 
+#: The keyword options each sampler takes beyond ``steps``, ``shift`` and ``return_trajectory``
+#: (which :func:`sample` always passes), in the order of its signature; ``generator`` marks the
+#: stochastic ones. Declared here, beside the
+#: registry, so that :func:`sample` can reject a misspelt option by name without inspecting the
+#: functions; ``tests/test_sampling.py`` checks it against the signatures.
+SAMPLER_OPTIONS: dict[str, tuple[str, ...]] = {
+    "euler": ("t_max", "last_step"),
+    "heun": ("t_max", "last_step"),
+    "dopri5": ("rtol", "atol", "t_max", "t_min", "method"),
+    "euler-maruyama": ("generator", "diffusion", "diffusion_norm", "last_step", "last_step_size", "t_max"),
+    "ddpm": ("generator", "variance", "respacing", "clip_x0", "t_max"),
+    "ddim": ("eta", "generator", "respacing", "clip_x0", "t_max"),
+}
+
 
 def _check_interval(interval: Any) -> tuple[float, float] | None:
     if interval is None:
@@ -72,8 +90,8 @@ def _check_interval(interval: Any) -> tuple[float, float] | None:
 
 
 def guided_model_fn(
-    model: Callable[..., Tensor],
-    recipe: Any,
+    model: Network,
+    recipe: Recipe,
     y: Tensor | None = None,
     *,
     cfg_scale: float = 1.0,
@@ -95,7 +113,7 @@ def guided_model_fn(
     if not (isinstance(cfg_scale, int | float) and math.isfinite(cfg_scale)):
         raise ConfigError("cfg_scale", f"must be a finite number, got {cfg_scale!r}")
     interval = _check_interval(guidance_interval)
-    num_classes = int(getattr(model, "num_classes", 0) or 0)
+    num_classes = int(model.num_classes)
     guided = cfg_scale != 1.0
     if guided and num_classes <= 0:
         raise ConfigError(
@@ -138,8 +156,8 @@ def guided_model_fn(
 
 
 def sample(
-    model: Callable[..., Tensor],
-    recipe: Any,
+    model: Network,
+    recipe: Recipe,
     noise: Tensor,
     *,
     y: Tensor | None = None,
@@ -177,26 +195,24 @@ def sample(
     Returns:
         :class:`SampleResult` whose ``x`` is in data space (``recipe.scaling.inverse`` applied).
     """
-    defaults = getattr(recipe, "sampler", None)  # the recipe's SamplerConfig
-    name = sampler or getattr(defaults, "name", "euler")
+    defaults = recipe.sampler
+    name = sampler or defaults.name
     fn_sampler = SAMPLERS.get(name)
     if fn_sampler is None:
         raise ConfigError("sampler", f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
     if steps is None:
-        steps = getattr(defaults, "steps", 50)
+        steps = defaults.steps
     if shift is None:
-        shift = getattr(defaults, "shift", None)
-    params = inspect.signature(fn_sampler).parameters
+        shift = defaults.shift
+    options = SAMPLER_OPTIONS[name]
     for key in sampler_kwargs:
-        if key not in params or key in ("model_fn", "noise", "schedule", "target"):
-            allowed = [p for p in params if p not in ("model_fn", "noise", "schedule", "target")]
-            raise ConfigError(
-                f"sampler.{key}", f"{name!r} does not take {key!r}; it takes {', '.join(allowed)}"
-            )
+        if key not in options or key == "generator":  # the generator is sample()'s own argument
+            allowed = ", ".join(o for o in options if o != "generator")
+            raise ConfigError(f"sampler.{key}", f"{name!r} does not take {key!r}; it takes {allowed}")
     kwargs: dict[str, Any] = dict(sampler_kwargs, steps=steps, return_trajectory=return_trajectory)
     if shift is not None:
         kwargs["shift"] = shift
-    if "generator" in params:
+    if "generator" in options:
         kwargs["generator"] = generator
     model_fn = guided_model_fn(
         model,

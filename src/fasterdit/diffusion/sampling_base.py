@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 from torch import Tensor
@@ -33,6 +34,17 @@ from fasterdit.diffusion.targets import check_target, convert
 from fasterdit.errors import ConfigError
 
 ModelFn = Callable[[Tensor, Tensor], Tensor]
+
+
+class Network(Protocol):
+    """What :func:`~fasterdit.diffusion.sampling.sample` needs of a network: the DiT's call
+    ``net(x, t_model, y)`` and its class count (0: unconditional; guidance's null label is
+    ``num_classes``). The DiT is one; a test double needs only these two."""
+
+    num_classes: int
+
+    def __call__(self, x: Tensor, t: Tensor, y: Tensor | None) -> Tensor: ...
+
 
 #: t_max used when the target cannot be converted to a velocity at t = 1 (ε on a path with α(1) = 0).
 FALLBACK_T_MAX = 1.0 - 1e-3

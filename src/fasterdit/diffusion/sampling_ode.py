@@ -167,7 +167,7 @@ def dopri5(
     sets how many intermediate states the trajectory records (torchdiffeq interpolates them); the
     solver picks its own steps from ``rtol``/``atol``. ``method`` may name another torchdiffeq solver.
     """
-    from torchdiffeq import odeint
+    from torchdiffeq import odeint  # lazy: ~0.8 s to import, and only dopri5 needs it
 
     check_target(target)
     for name, tol in (("rtol", rtol), ("atol", atol)):

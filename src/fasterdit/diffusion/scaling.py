@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from fasterdit.diffusion.codec import reject_unknown
 from fasterdit.errors import ConfigError
 
 SCALING_MODES = ("none", "scalar", "std", "channel")
@@ -104,12 +105,7 @@ class DataScaling:
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> DataScaling:
         d = dict(d or {})
-        allowed = {"mode", "multiplier", "target_std", "mean", "std"}
-        unknown = set(d) - allowed
-        if unknown:
-            raise ConfigError(
-                f"scaling.{sorted(unknown)[0]}", f"unknown key; allowed keys: {', '.join(sorted(allowed))}"
-            )
+        reject_unknown(d, ("mode", "multiplier", "target_std", "mean", "std"), "scaling")
         for key in ("mean", "std"):
             if d.get(key) is not None:
                 d[key] = _as_list(d[key])

@@ -47,8 +47,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
+from fasterdit.data.embedded import EMBEDDED, load_embedded
+from fasterdit.data.folder import ImageFolder, scan_folder
 from fasterdit.data.stats import RunningStats
+from fasterdit.diffusion.recipe import load_recipe
 from fasterdit.errors import ConfigError, DataError
 
 __all__ = [
@@ -425,8 +429,6 @@ class LogSNRDistribution:
 
 
 def _load_recipe(spec: Any) -> Any:
-    from fasterdit.diffusion.recipe import load_recipe
-
     return load_recipe(spec)
 
 
@@ -730,10 +732,6 @@ _NPY_KEYS = ("x", "images", "latents", "data", "arr_0")
 def _update_images_from_folder(
     stats: RunningStats, root: Path, resolution: int | None, limit: int | None
 ) -> None:
-    from PIL import Image
-
-    from fasterdit.data.folder import ImageFolder, scan_folder
-
     if resolution is not None:  # exactly what training sees: the DiT centre crop at that resolution
         ds = ImageFolder(root, int(resolution), on_error="raise")
         n = len(ds) if limit is None else min(len(ds), limit)
@@ -799,8 +797,6 @@ def measure_data_std(
 
     ``limit`` caps the number of items (images / array rows) for a quick estimate.
     """
-    from fasterdit.data.embedded import EMBEDDED, load_embedded
-
     stats = RunningStats()
     src = os.fspath(source)
     if src in EMBEDDED:
@@ -925,7 +921,7 @@ def save_snr_plot(
     shaded; pass ``False`` for none, ``None`` for :func:`default_window`. Axes are in ``units``
     ("nats", or "dB" with the density per dB).
     """
-    import matplotlib
+    import matplotlib  # lazy: only the figure needs it (the analyser's numbers do not)
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import nn
 from torch.nn import functional as F
 
@@ -150,8 +152,6 @@ def classifier_outputs(
 
 def save_classifier(model: DigitClassifier, path: str | Path, **metadata: object) -> Path:
     """Write weights (float32) + config + free-form metadata (e.g. held-out accuracy) as safetensors."""
-    from safetensors.torch import save_file
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().float().contiguous() for k, v in model.state_dict().items()}
@@ -172,8 +172,6 @@ def asset_path(dataset: str) -> Path:
 
 def read_classifier(path: str | Path, device: str | torch.device = "cpu") -> tuple[DigitClassifier, dict]:
     """Load a classifier and its metadata (config, held-out accuracy, seed, ...) from safetensors."""
-    from safetensors import safe_open
-
     path = Path(path)
     if not path.is_file():
         raise DataError(f"classifier weights not found: {path} (train them with scripts/train_classifier.py)")

@@ -23,10 +23,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from fasterdit.data import EMBEDDED, INFO, load_embedded, split_indices
+from fasterdit.diffusion.recipe import Recipe
+from fasterdit.diffusion.sampling import sample
 from fasterdit.errors import ConfigError, DataError
 from fasterdit.eval.classifier import asset_path, classifier_outputs, load_classifier
 from fasterdit.eval.frechet import FeatureStats, save_stats
 from fasterdit.eval.metrics import class_accuracy, inception_score, knn_radii, precision_recall
+from fasterdit.models.dit import DiT
 
 REFERENCE_SPLITS = ("heldout", "train", "all")
 _OTHER_SPLIT = {"heldout": "train", "train": "heldout", "all": None}
@@ -64,16 +68,12 @@ _REFERENCES: dict[tuple[str, str, str, str], Reference] = {}
 
 @functools.lru_cache(maxsize=2)
 def _embedded_all(dataset: str) -> tuple[torch.Tensor, torch.Tensor]:
-    from fasterdit.data import load_embedded
-
     return load_embedded(dataset, "all")
 
 
 def embedded_split(dataset: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     """``load_embedded(dataset, split)``, but the package data is parsed once per process (MNIST takes
     seconds to parse, and every evaluation needs the reference split)."""
-    from fasterdit.data import split_indices
-
     x, y = _embedded_all(dataset)
     idx = torch.from_numpy(split_indices(y.numpy(), split))
     return x[idx], y[idx]
@@ -108,8 +108,6 @@ def get_reference(
     The file cache stores ``mu``/``sigma`` (ADM/torch-fidelity keys) plus the features, and is only
     reused when the dataset, split and classifier weights (sha256) match; otherwise it is rewritten.
     """
-    from fasterdit.data import EMBEDDED
-
     if dataset not in EMBEDDED:
         raise ConfigError(
             "dataset",
@@ -249,13 +247,6 @@ def evaluate_samples(
     return out
 
 
-def _sampler_defaults(recipe: Any, sampler: str | None, steps: int | None) -> tuple[str, int]:
-    sc = getattr(recipe, "sampler", None)
-    name = sampler or getattr(sc, "name", None) or (sc if isinstance(sc, str) else None) or "euler"
-    n_steps = steps or getattr(sc, "steps", None) or 50
-    return str(name), int(n_steps)
-
-
 @dataclass
 class Generated:
     """Samples of :func:`generate_samples`: images in data space (decoded if a decoder was given)."""
@@ -269,8 +260,8 @@ class Generated:
 
 
 def generate_samples(
-    model: torch.nn.Module,
-    recipe: Any,
+    model: DiT,
+    recipe: Recipe,
     num_samples: int,
     *,
     sampler: str | None = None,
@@ -294,19 +285,16 @@ def generate_samples(
     models). ``amp`` (default: on CUDA only) samples under bfloat16 autocast. ``sampler_kwargs`` go
     to the sampler (e.g. ``rtol``/``atol`` of dopri5, ``eta`` of ddim).
     """
-    from fasterdit.diffusion.sampling import sample
-
     if num_samples < 1:
         raise ConfigError("num_samples", f"must be >= 1, got {num_samples}")
     if batch_size < 1:
         raise ConfigError("batch_size", f"must be >= 1, got {batch_size}")
     device = torch.device(device)
     shape = (int(model.in_channels), *(int(v) for v in model.input_size))
-    name, n_steps = _sampler_defaults(recipe, sampler, steps)
-    scaling = getattr(recipe, "scaling", None)
-    if scaling is not None:  # fail before minutes of sampling, e.g. on an unresolved data-std scaling
-        scaling.inverse(torch.zeros(1, *shape))
-    num_classes = int(getattr(model, "num_classes", 0) or 0)
+    name, n_steps = sampler or recipe.sampler.name, steps or recipe.sampler.steps
+    # fail before minutes of sampling, e.g. on an unresolved data-std scaling
+    recipe.scaling.inverse(torch.zeros(1, *shape))
+    num_classes = model.num_classes
     labels = torch.arange(num_samples) % num_classes if num_classes else None
     noise = torch.randn((num_samples, *shape), generator=torch.Generator().manual_seed(seed))
     use_amp = device.type == "cuda" if amp is None else bool(amp)
@@ -334,8 +322,8 @@ def generate_samples(
 
 
 def evaluate(
-    model: torch.nn.Module,
-    recipe: Any,
+    model: DiT,
+    recipe: Recipe,
     *,
     dataset: str = "mnist",
     num_samples: int = 1000,
@@ -360,8 +348,6 @@ def evaluate(
     ``return_samples=True`` adds ``samples``/``labels`` tensors; ``sampler_kwargs`` go to the sampler;
     other keyword arguments to :func:`evaluate_samples` (``k``, ``classifier_path``, ``cache_file``).
     """
-    from fasterdit.data import INFO
-
     if dataset not in INFO:
         raise ConfigError(
             "dataset", f"offline evaluation needs an embedded dataset ({', '.join(INFO)}), got {dataset!r}"
@@ -369,7 +355,7 @@ def evaluate(
     if num_samples < 2:
         raise ConfigError("num_samples", f"must be >= 2, got {num_samples}")
     info = INFO[dataset]
-    shape = (int(getattr(model, "in_channels", -1)), *tuple(getattr(model, "input_size", (-1, -1))))
+    shape = (model.in_channels, *model.input_size)
     if shape != (info.channels, info.resolution, info.resolution):
         raise ConfigError(
             "dataset",
@@ -377,7 +363,7 @@ def evaluate(
             f"({info.channels}, {info.resolution}, {info.resolution}); "
             f"the offline metrics need a pixel model of {dataset}",
         )
-    num_classes = int(getattr(model, "num_classes", 0) or 0)
+    num_classes = model.num_classes
     if num_classes not in (0, info.num_classes):
         raise ConfigError("dataset", f"model has {num_classes} classes, {dataset} has {info.num_classes}")
     t0 = time.time()

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from fasterdit.diffusion.sampling import sample
 from fasterdit.errors import ConfigError
 from fasterdit.eval.sample_job import SampleSettings
 from fasterdit.models.cost import GPUS, Arch, forward_flops
@@ -41,8 +42,6 @@ class _Probe(nn.Module):
 
 def count_evaluations(arch: Arch, recipe, settings: SampleSettings, num_classes: int) -> tuple[int, int]:
     """(NFE, how many of them are guided pairs) of one sample under ``settings``."""
-    from fasterdit.diffusion.sampling import sample
-
     probe = _Probe(num_classes, arch.out_channels)
     noise = torch.zeros((1, arch.in_channels, *arch.input_size))
     y = torch.zeros(1, dtype=torch.long) if num_classes else None

@@ -30,10 +30,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from fasterdit.diffusion.sampling import sample
 from fasterdit.errors import ConfigError, DataError, UserError
 from fasterdit.eval import sample_seeds
 from fasterdit.eval.npz_writer import write_samples_npz
 from fasterdit.train.distributed import DistInfo, barrier, broadcast_object, gather_objects
+from fasterdit.viz import to_uint8
 
 _PART = re.compile(r"^part-(\d{9})-(\d{9})\.npz$")
 Decode = Callable[[torch.Tensor], torch.Tensor]
@@ -92,9 +94,6 @@ def sample_range(
     decode: Decode | None = None,
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """Samples ``start..end-1`` as (uint8 N×H×W×C images, int64 labels, NFE per sample)."""
-    from fasterdit.diffusion.sampling import sample
-    from fasterdit.viz import to_uint8
-
     shape = (int(model.in_channels), *(int(v) for v in model.input_size))
     num_classes = int(model.num_classes or 0)
     noise = sample_seeds.initial_noise(settings.seed, start, end, shape).to(device)

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 
 from fasterdit.errors import DataError
 from fasterdit.models.dit import CONFIGS, DiT
@@ -48,8 +49,6 @@ def read_official_state_dict(
         raise DataError(f"{path}: no such checkpoint file")
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
             obj = load_file(str(path), device="cpu")
         else:
             with torch.serialization.safe_globals([argparse.Namespace]):

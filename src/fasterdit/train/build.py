@@ -7,14 +7,18 @@ run directory, and ``--dry-run``, ``load_model`` and the trainer all need the sa
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from fasterdit.data.embedded import EMBEDDED
+from fasterdit.diffusion.recipe import PRESETS, Recipe, get_preset
 from fasterdit.errors import ConfigError, UserError
+from fasterdit.models import create_model
+from fasterdit.train import preflight
 from fasterdit.train.config import RunConfig, check_world
+from fasterdit.train.data_source import open_source
 
 __all__ = [
     "ShapeOnly",
@@ -24,72 +28,32 @@ __all__ = [
     "check_expected_shape",
     "data_description",
     "model_kwargs",
-    "recipe_needs_learn_sigma",
-    "recipe_sampler",
     "resolve_recipe_on_data",
 ]
 
 
-def _set_dotted(d: dict[str, Any], key: str, value: Any, field: str) -> None:
-    parts = key.split(".")
-    node = d
-    for i, part in enumerate(parts[:-1]):
-        if not isinstance(node, dict) or part not in node:
-            raise ConfigError(field, f"the recipe has no field {'.'.join(parts[: i + 1])!r}")
-        node = node[part]
-    if not isinstance(node, dict) or parts[-1] not in node:
-        known = ", ".join(sorted(node)) if isinstance(node, dict) else ""
-        raise ConfigError(
-            field, f"the recipe has no field {key!r}" + (f" (fields here: {known})" if known else "")
-        )
-    node[parts[-1]] = value
-
-
-def build_recipe(cfg: RunConfig):
+def build_recipe(cfg: RunConfig) -> Recipe:
     """The run's Recipe: a preset name or a recipe YAML file, then ``recipe_overrides`` applied."""
-    from fasterdit.diffusion import recipe as rmod
-
     spec = cfg.recipe.strip()
-    presets = _preset_names(rmod)
     path = Path(spec).expanduser()
     try:
-        if spec in presets:
-            recipe = rmod.get_preset(spec)
+        if spec in PRESETS:
+            recipe = get_preset(spec)
         elif path.suffix in (".yaml", ".yml") or path.is_file():
             if not path.is_file():
                 raise ConfigError("recipe", f"recipe file not found: {spec}")
-            recipe = rmod.Recipe.from_yaml(path)
+            recipe = Recipe.from_yaml(path)
         else:
             raise ConfigError(
-                "recipe", f"unknown preset {spec!r}; choose one of {', '.join(presets)} or a YAML file"
+                "recipe", f"unknown preset {spec!r}; choose one of {', '.join(PRESETS)} or a YAML file"
             )
         if cfg.recipe_overrides:
-            d = copy.deepcopy(recipe.to_dict())
-            for key, value in cfg.recipe_overrides.items():
-                _set_dotted(d, key, value, f"recipe.{key}")
-            recipe = rmod.Recipe.from_dict(d)
+            recipe = recipe.updated(cfg.recipe_overrides)
     except ConfigError as err:
         if err.field.startswith("recipe"):
             raise
         raise ConfigError(f"recipe.{err.field}", str(err).split(": ", 1)[-1]) from None
     return recipe
-
-
-def _preset_names(rmod) -> list[str]:
-    for attr in ("PRESETS", "PRESET_NAMES", "presets"):
-        val = getattr(rmod, attr, None)
-        if val is not None:
-            return list(val() if callable(val) else val)
-    return ["dit", "sit", "fasterdit"]
-
-
-def recipe_needs_learn_sigma(recipe) -> bool:
-    """True when the recipe's loss trains the iDDPM variance (DiT's hybrid loss with the VB term)."""
-    for attr in ("learn_sigma", "needs_learn_sigma"):
-        val = getattr(recipe, attr, None)
-        if val is not None:
-            return bool(val() if callable(val) else val)
-    return False
 
 
 def global_std(channel_mean: list[float], channel_std: list[float]) -> float:
@@ -100,7 +64,7 @@ def global_std(channel_mean: list[float], channel_std: list[float]) -> float:
     return max(second - mean * mean, 0.0) ** 0.5
 
 
-def resolve_recipe_on_data(recipe, source) -> Any:
+def resolve_recipe_on_data(recipe: Recipe, source) -> Recipe:
     """The recipe with its data scaling resolved against the data's measured statistics, and its
     direction-loss mode made concrete for the data's channel count.
 
@@ -116,17 +80,10 @@ def resolve_recipe_on_data(recipe, source) -> Any:
     return recipe.resolve(mean=list(source.channel_mean), std=list(source.channel_std))
 
 
-def recipe_sampler(recipe) -> str:
-    """The recipe's default sampler name (``recipe.sampler.name``; "euler" if it names none)."""
-    sc = getattr(recipe, "sampler", None)
-    name = getattr(sc, "name", sc)
-    return name if isinstance(name, str) and name else "euler"
-
-
-def model_kwargs(cfg: RunConfig, source, recipe) -> dict[str, Any]:
+def model_kwargs(cfg: RunConfig, source, recipe: Recipe) -> dict[str, Any]:
     """Keyword arguments of ``create_model`` for this config and data."""
     learn_sigma = cfg.model.learn_sigma
-    needs = recipe_needs_learn_sigma(recipe)
+    needs = recipe.learn_sigma  # the recipe's loss trains the iDDPM variance (DiT's VB term)
     if learn_sigma is None:
         learn_sigma = needs
     elif needs and not learn_sigma:
@@ -143,10 +100,8 @@ def model_kwargs(cfg: RunConfig, source, recipe) -> dict[str, Any]:
     )
 
 
-def build_model(cfg: RunConfig, source, recipe, device: torch.device | str = "meta"):
+def build_model(cfg: RunConfig, source, recipe: Recipe, device: torch.device | str = "meta"):
     """The DiT of ``cfg.model`` for ``source``'s shape (on the meta device by default: no allocation)."""
-    from fasterdit.models import create_model
-
     kwargs = model_kwargs(cfg, source, recipe)
     try:
         with torch.device(device):
@@ -208,8 +163,6 @@ def check_config(cfg: RunConfig, world_size: int = 1):
     Raises ConfigError/DataError naming the field. Loads the data source (cheap: embedded sets are
     small; prepared sets are memory-mapped), and builds the model on the meta device.
     """
-    from fasterdit.train.data_source import open_source
-
     cfg.validate()
     check_world(cfg, world_size)
     recipe = build_recipe(cfg)
@@ -220,18 +173,12 @@ def check_config(cfg: RunConfig, world_size: int = 1):
         raise ConfigError("sample.classes", f"the data has {source.num_classes} classes, got {classes}")
     recipe = resolve_recipe_on_data(recipe, source)
     build_model(cfg, source, recipe, "meta")
-    from fasterdit.train import preflight
 
     preflight.check_samplers(cfg)
     preflight.check_guidance(cfg, int(source.num_classes))
     preflight.check_compile_backend(cfg)
-    if cfg.eval.every:
-        from fasterdit.data.embedded import EMBEDDED
-
-        if cfg.data.source not in EMBEDDED:
-            raise ConfigError(
-                "eval.every", "in-training evaluation needs an embedded dataset (mnist, digits)"
-            )
+    if cfg.eval.every and cfg.data.source not in EMBEDDED:
+        raise ConfigError("eval.every", "in-training evaluation needs an embedded dataset (mnist, digits)")
     if source.is_latent and cfg.log.sample_every and not source.vae:
         raise UserError(f"{cfg.data.source}: latent data without a VAE in its manifest cannot be sampled")
     return recipe, source

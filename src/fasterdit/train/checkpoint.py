@@ -39,6 +39,7 @@ from typing import Any, TypeVar
 
 import torch
 from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 
 from fasterdit.errors import UserError
 
@@ -125,8 +126,6 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
     """safetensors file, fsynced. Its write errors (no errno) become an OSError naming the file."""
-    from safetensors.torch import save_file
-
     flat = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     try:
         save_file(flat, str(path))
@@ -611,8 +610,6 @@ def load_tensors(
     ckpt: str | Path, which: str = "ema", device: str | torch.device = "cpu"
 ) -> dict[str, torch.Tensor]:
     """``which`` = "ema" or "model": the weights of a checkpoint directory (safetensors)."""
-    from safetensors.torch import load_file
-
     path = Path(ckpt) / f"{which}.safetensors"
     if not path.is_file():
         raise CheckpointError(f"{path}: missing ({which} weights not saved in this checkpoint)")

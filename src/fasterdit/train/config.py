@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from fasterdit.dotted import apply_dotted
 from fasterdit.errors import ConfigError
 
 __all__ = [
@@ -289,6 +290,23 @@ def parse_overrides(items: list[str] | None) -> list[tuple[str, str]]:
     return out
 
 
+def _field_type(key: str) -> Any:
+    """The declared type of the dotted config field ``key``; ConfigError naming the first unknown part."""
+    parts = key.split(".")
+    cls: Any = RunConfig
+    for i, part in enumerate(parts):
+        fields = {f.name for f in dataclasses.fields(cls)}
+        if part not in fields:
+            raise _unknown(".".join(parts[:i]), part, sorted(fields))
+        tp = typing.get_type_hints(cls)[part]
+        if i == len(parts) - 1:
+            return tp
+        if not _is_dataclass_type(tp):
+            raise ConfigError(".".join(parts[: i + 1]), f"is not a section; cannot set {key!r}")
+        cls = tp
+    raise AssertionError("unreachable")  # pragma: no cover - the loop returns on the last part
+
+
 def _apply_override(data: dict[str, Any], key: str, raw: str) -> None:
     """Set a dotted key in the raw config dict, checking the path against the dataclasses.
 
@@ -297,32 +315,18 @@ def _apply_override(data: dict[str, Any], key: str, raw: str) -> None:
     """
     parts = key.split(".")
     if parts[0] == "recipe" and len(parts) > 1:
-        data.setdefault("recipe_overrides", {})
-        if data["recipe_overrides"] is None:
+        if data.get("recipe_overrides") is None:
             data["recipe_overrides"] = {}
         data["recipe_overrides"][".".join(parts[1:])] = yaml.safe_load(raw) if raw else raw
         return
-    cls: Any = RunConfig
-    node = data
-    for i, part in enumerate(parts):
-        fields = {f.name for f in dataclasses.fields(cls)}
-        if part not in fields:
-            raise _unknown(".".join(parts[:i]), part, sorted(fields))
-        tp = typing.get_type_hints(cls)[part]
-        if i == len(parts) - 1:
-            # keep the string; _coerce parses it by the declared type (lists from "1,2,3" or YAML)
-            parsed: Any = raw
-            if typing.get_origin(tp) is list or tp is dict or typing.get_origin(tp) is dict:
-                loaded = yaml.safe_load(raw) if raw else None
-                parsed = loaded if isinstance(loaded, (list, dict)) else raw
-            node[part] = parsed
-            return
-        if not _is_dataclass_type(tp):
-            raise ConfigError(".".join(parts[: i + 1]), f"is not a section; cannot set {key!r}")
-        if not isinstance(node.get(part), dict):
-            node[part] = {}
-        node = node[part]
-        cls = tp
+    tp = _field_type(key)
+    # keep the string; _coerce parses it by the declared type (lists from "1,2,3" or YAML)
+    value: Any = raw
+    if typing.get_origin(tp) is list or tp is dict or typing.get_origin(tp) is dict:
+        loaded = yaml.safe_load(raw) if raw else None
+        value = loaded if isinstance(loaded, (list, dict)) else raw
+    # a config file may leave sections out: the path is checked above, so missing ones are created
+    apply_dotted(data, key, value, what="config", create_sections=True)
 
 
 def config_search_dirs() -> list[Path]:
@@ -338,7 +342,7 @@ def config_search_dirs() -> list[Path]:
 
 
 def resolve_config_path(spec: str | Path) -> Path:
-    """A config file path, or a bare name such as ``demo`` / ``mnist-fasterdit`` from configs/."""
+    """A config file path, or a bare name such as ``demo`` / ``mnist`` from configs/."""
     path = Path(spec)
     if path.is_file():
         return path

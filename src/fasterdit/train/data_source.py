@@ -17,6 +17,7 @@ from typing import Protocol
 import torch
 
 from fasterdit.data.embedded import EMBEDDED, load_embedded
+from fasterdit.data.prepared import PreparedDataset
 from fasterdit.errors import ConfigError
 
 __all__ = ["BatchSource", "EmbeddedSource", "IndexStream", "derive_seed", "open_source", "rank_slice"]
@@ -85,7 +86,6 @@ def open_source(spec: str, split: str = "train", device: torch.device | str = "c
             "data.source",
             f"{spec!r} is neither an embedded dataset ({', '.join(EMBEDDED)}) nor an existing directory",
         )
-    from fasterdit.data.prepared import PreparedDataset
 
     return PreparedDataset(path)
 

@@ -17,7 +17,10 @@ from typing import Any
 
 import torch
 
+from fasterdit.diffusion.recipe import Recipe, get_preset
 from fasterdit.errors import DataError
+from fasterdit.models import create_model
+from fasterdit.models.official import load_official
 from fasterdit.train import checkpoint as ckpt_mod
 from fasterdit.train.config import RunConfig, config_from_dict
 
@@ -108,9 +111,6 @@ def _read_ours(ckpt: Path, ema: bool) -> tuple[dict[str, Any], dict[str, torch.T
 
 
 def _load_ours(path: Path, ema: bool, device) -> LoadedModel:
-    from fasterdit.diffusion.recipe import Recipe
-    from fasterdit.models import create_model
-
     # checksums verified; a damaged newest checkpoint of a run dir falls back to the previous one
     ckpt, (meta, state) = ckpt_mod.open_checkpoint(path, lambda c: _read_ours(c, ema), _warn)
     cfg = config_from_dict(meta["config"])
@@ -136,9 +136,6 @@ def _load_official(path: Path, ema: bool, device, family: str | None) -> LoadedM
     reversed``), whose velocity output the recipe negates. Both are trained on SD-VAE latents
     already multiplied by 0.18215, so no data scaling applies.
     """
-    from fasterdit.diffusion.recipe import get_preset
-    from fasterdit.models.official import load_official
-
     loaded = load_official(path, device=device, prefer_ema=ema, family=family)
     model = loaded.model
     if loaded.family == "sit":

@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tqdm.auto import tqdm
+
 __all__ = ["MetricsLogger", "Progress", "plot_eval_curve", "plot_loss_curve", "read_metrics"]
 
 
@@ -29,12 +31,12 @@ class MetricsLogger:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(self.path, "a")  # noqa: SIM115 - kept open for the run
         if tensorboard:
-            try:
+            try:  # lazy: tensorboard is an optional extra ("fasterdit[tensorboard]")
                 from torch.utils.tensorboard import SummaryWriter
-
+            except ImportError:  # not installed: the JSONL log is enough
+                SummaryWriter = None
+            if SummaryWriter is not None:
                 self._tb = SummaryWriter(log_dir=str(Path(run_dir) / "tb"))
-            except Exception:  # tensorboard not installed or broken: JSONL is enough
-                self._tb = None
 
     def truncate_after(self, step: int) -> None:
         """Drop records with step > ``step`` (written after the checkpoint a resumed run restarts from)."""
@@ -100,8 +102,6 @@ class Progress:
     def __init__(self, total: int, initial: int, enabled: bool = True):
         self.bar = None
         if enabled:
-            from tqdm.auto import tqdm
-
             self.bar = tqdm(
                 total=total,
                 initial=initial,
@@ -136,7 +136,7 @@ def plot_loss_curve(run_dir: str | Path, out: str | Path | None = None) -> Path 
     recs = read_metrics(run_dir, "train")
     if not recs:
         return None
-    import matplotlib
+    import matplotlib  # lazy: plotting is the only user; a run that never plots never imports it
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -166,7 +166,7 @@ def plot_eval_curve(run_dir: str | Path, out: str | Path | None = None) -> Path 
     recs = [r for r in read_metrics(run_dir, "eval") if "fid" in r]
     if not recs:
         return None
-    import matplotlib
+    import matplotlib  # lazy: plotting is the only user; a run that never plots never imports it
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

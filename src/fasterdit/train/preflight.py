@@ -15,7 +15,10 @@ from typing import Any
 
 import torch
 
+from fasterdit.diffusion.recipe import Recipe
+from fasterdit.diffusion.sampling import SAMPLERS
 from fasterdit.errors import ConfigError
+from fasterdit.models.cost import estimate_cost
 from fasterdit.train.config import RunConfig
 
 __all__ = [
@@ -32,8 +35,6 @@ _GIB = 2**30
 
 def check_samplers(cfg: RunConfig) -> None:
     """``sample.sampler`` and ``eval.sampler`` must name a sampler (null = the recipe's own)."""
-    from fasterdit.diffusion.sampling import SAMPLERS
-
     for field, name in (("sample.sampler", cfg.sample.sampler), ("eval.sampler", cfg.eval.sampler)):
         if name is not None and name not in SAMPLERS:
             raise ConfigError(field, f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
@@ -87,17 +88,15 @@ def _meminfo_available() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def check_memory(cfg: RunConfig, source, recipe, dist_info) -> None:
+def check_memory(cfg: RunConfig, model_kwargs: dict[str, Any], dist_info) -> None:
     """Refuse a config whose training step cannot fit in memory, by the analytic cost model.
 
     The estimate (fasterdit.models.cost: fp32 state + EMA + AdamW, activations of one micro-batch per
     rank) is compared with what the device has free now; only a clear overshoot is refused, so the
-    model's approximations never block a config that fits.
+    model's approximations never block a config that fits. ``model_kwargs``: the DiT's
+    ``create_model`` arguments (``build.model_kwargs``).
     """
-    from fasterdit.models.cost import estimate_cost
-    from fasterdit.train.build import model_kwargs
-
-    kw = model_kwargs(cfg, source, recipe)
+    kw = model_kwargs
     t = cfg.train
     device = dist_info.device
     bf16 = t.precision == "bf16" or (t.precision == "auto" and device.type == "cuda")
@@ -125,7 +124,7 @@ def check_memory(cfg: RunConfig, source, recipe, dist_info) -> None:
         )
 
 
-def recipe_differences(old: dict[str, Any] | None, recipe) -> list[str]:
+def recipe_differences(old: dict[str, Any] | None, recipe: Recipe) -> list[str]:
     """``"key: old then, new now"`` for every recipe field a checkpoint's recipe and this one differ in.
 
     Both sides go through the current Recipe code (so fields added since are filled the same way);
@@ -134,7 +133,6 @@ def recipe_differences(old: dict[str, Any] | None, recipe) -> list[str]:
     """
     if old is None:
         return []
-    from fasterdit.diffusion.recipe import Recipe
 
     with contextlib.suppress(ConfigError, KeyError, TypeError, ValueError):  # unreadable: compare raw
         old = Recipe.from_dict(old).to_dict()

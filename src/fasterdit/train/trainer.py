@@ -41,10 +41,17 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
+from torch.nn.parallel import DistributedDataParallel as DDP
 
+from fasterdit.data.vae import decode, load_vae
+from fasterdit.diffusion.losses import DiffusionLoss
+from fasterdit.diffusion.sampling import sample
+from fasterdit.diffusion.snr import save_snr_plot
 from fasterdit.errors import ConfigError, UserError
+from fasterdit.eval import evaluate, evaluate_samples
+from fasterdit.eval.sample_job import SampleSettings, sample_shared
 from fasterdit.train import checkpoint as ckpt_mod
-from fasterdit.train.build import build_model, check_config, data_description, model_kwargs, recipe_sampler
+from fasterdit.train.build import build_model, check_config, data_description, model_kwargs
 from fasterdit.train.config import RunConfig, config_from_dict
 from fasterdit.train.data_source import (
     LATENT_TAG,
@@ -67,6 +74,8 @@ from fasterdit.train.ema import EMA
 from fasterdit.train.logging import MetricsLogger, Progress, plot_eval_curve, plot_loss_curve
 from fasterdit.train.preflight import check_memory, recipe_differences
 from fasterdit.train.runlock import RunDirLocked, RunLock
+from fasterdit.train.step_stats import StatsLayout, StepStats
+from fasterdit.viz import save_image_grid
 
 __all__ = ["TrainResult", "Trainer", "TrainingAborted", "TrainingInterrupted", "train"]
 
@@ -101,6 +110,19 @@ class TrainResult:
     stopped_by: str | None = None  # a signal name when interrupted
     samples_per_sec: float = float("nan")  # steady-state training throughput (excludes sampling/ckpt)
     wall_time: float = 0.0
+
+
+@dataclass(frozen=True)
+class Draws:
+    """The randomness that defines a step's loss, drawn for the whole global batch (step 2 above)."""
+
+    t: torch.Tensor  # (N,) times in [0, 1]
+    noise: torch.Tensor  # (N, C, H, W) ε in diffusion space
+    drop: torch.Tensor | None  # (N,) long label-dropout mask (1: the null label); None without dropout
+
+    def rows(self, rows: slice) -> Draws:
+        """The draws of a micro-batch's rows of the global batch."""
+        return Draws(self.t[rows], self.noise[rows], None if self.drop is None else self.drop[rows])
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -139,33 +161,6 @@ def _set_rng_state(st: dict[str, Any]) -> None:
 
 
 # ----------------------------------------------------------------------------------------------------
-# the model call the loss sees
-# ----------------------------------------------------------------------------------------------------
-
-
-class _ModelCall:
-    """The (DDP/compiled) model as the loss calls it, with this micro-batch's label-dropout mask.
-
-    Why: label dropout must use the global-batch draws (see the module docstring), so the mask is passed
-    as the model's ``force_drop_ids`` instead of letting the model draw from the global RNG. Attribute
-    access (``num_classes``, ``learn_sigma``...) falls through to the plain DiT.
-    """
-
-    def __init__(self, model: torch.nn.Module, base: torch.nn.Module):
-        self._model = model
-        self._base = base
-        self.drop: torch.Tensor | None = None
-
-    def __call__(self, x, t, y=None, **kwargs):
-        if self.drop is not None and "force_drop_ids" not in kwargs:
-            kwargs["force_drop_ids"] = self.drop
-        return self._model(x, t, y, **kwargs)
-
-    def __getattr__(self, name: str):
-        return getattr(self._base, name)
-
-
-# ----------------------------------------------------------------------------------------------------
 # Trainer
 # ----------------------------------------------------------------------------------------------------
 
@@ -193,7 +188,7 @@ class Trainer:
         self.dist = dist_info or init_distributed(cfg.train.device)
         # ---- every config check before any work (raises ConfigError/DataError naming the field)
         self.recipe, self.source = check_config(cfg, self.dist.world_size)
-        check_memory(cfg, self.source, self.recipe, self.dist)
+        check_memory(cfg, model_kwargs(cfg, self.source, self.recipe), self.dist)
         self.resume = resume
         self.allow_config_change = allow_config_change
         self.step = 0
@@ -203,6 +198,7 @@ class Trainer:
         self.loss_hook: Callable[[int, dict], dict] | None = None
         self.after_step_hook: Callable[[Trainer, int], None] | None = None
         self._stop_signal: str | None = None
+        self.progress: Progress | None = None  # the progress bar, while run() is training
         self._built = False
 
     # ------------------------------------------------------------------ setup
@@ -260,25 +256,24 @@ class Trainer:
             )
 
         train_model: torch.nn.Module = model
+        # the DDP wrapper (None on one process): its no_sync() skips the all-reduce of all but the
+        # last gradient-accumulation micro-batch
+        self.ddp: DDP | None = None
         if d.distributed:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
-            train_model = DDP(
+            self.ddp = DDP(
                 model,
                 device_ids=[dev.index] if self.is_cuda else None,
                 broadcast_buffers=False,
                 gradient_as_bucket_view=True,
             )
-        from fasterdit.diffusion.losses import DiffusionLoss
-
-        self.loss_fn = DiffusionLoss(self.recipe)
-        self._loss_injects = _loss_injection(self.loss_fn)
+            train_model = self.ddp
+        self.loss_fn = DiffusionLoss(self.recipe, patch_size=model.patch_size)
         # train.compile: on one process the whole loss (noising, DiT, target, MSE, direction cosine) is
         # one graph, so inductor fuses the loss's element-wise work with the model's (measured ~10% faster
         # than compiling the model alone, benchmarks/throughput.py); under DDP the module is compiled, so
         # dynamo's DDP support can split the graph at the gradient buckets.
         self._compiled_loss: Callable[..., dict[str, torch.Tensor]] | None = None
-        if cfg.train.compile and not d.distributed and {"t", "noise"} <= self._loss_injects:
+        if cfg.train.compile and not d.distributed:
             self._compiled_loss = torch.compile(self._loss_terms, backend=cfg.train.compile_backend)
             # fill the data scaling's per-device constants now: filling them inside the first compiled
             # call would fail a guard on the second and compile the step twice
@@ -289,7 +284,6 @@ class Trainer:
         elif cfg.train.compile:
             train_model = torch.compile(train_model, backend=cfg.train.compile_backend)
         self.train_model = train_model
-        self.call = _ModelCall(train_model, model)
 
         self.step = 0
         self.images_seen = 0
@@ -298,6 +292,7 @@ class Trainer:
         self.streak_start = -1
         self.last_ckpt: Path | None = None
         self.gen = torch.Generator(device=dev)
+        self._stop_dev = torch.zeros((), device=dev)  # the stop flag, all-reduced with the step's stats
         self._built = True
 
     def _loss_terms(
@@ -308,7 +303,11 @@ class Trainer:
         noise: torch.Tensor,
         drop: torch.Tensor | None,
     ) -> dict[str, torch.Tensor]:
-        """One micro-batch's loss terms at the given draws: the function ``train.compile`` compiles."""
+        """One micro-batch's loss terms at the given draws: the function ``train.compile`` compiles.
+
+        The label-dropout mask reaches the DiT as its ``force_drop_ids`` (drawn for the global batch, see
+        the module docstring), so the model never draws from the global RNG.
+        """
         kwargs = {"force_drop_ids": drop} if drop is not None else None
         return self.loss_fn(self.train_model, x, y, t=t, noise=noise, model_kwargs=kwargs)
 
@@ -441,7 +440,7 @@ class Trainer:
 
     def _say(self, msg: str) -> None:
         if self.dist.is_main:
-            if getattr(self, "progress", None) is not None:
+            if self.progress is not None:
                 self.progress.write(msg)
             else:
                 print(msg, flush=True)
@@ -451,24 +450,23 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
 
-    def _global_draws(self, n: int) -> dict[str, torch.Tensor]:
-        """Per-sample randomness of the whole global batch, identical on every rank."""
+    def _global_draws(self, n: int) -> Draws:
+        """Per-sample randomness of the whole global batch, identical on every rank (in this order:
+        t, noise, label-dropout mask, from the step's generator)."""
         g = self.gen
-        out: dict[str, torch.Tensor] = {}
         src = self.source
-        if "t" in self._loss_injects:
-            out["t"] = self.recipe.timestep_sampler_obj.sample(n, generator=g, device=self.device)
-        if "noise" in self._loss_injects:
-            out["noise"] = torch.randn(
-                (n, src.channels, src.resolution, src.resolution), generator=g, device=self.device
-            )
+        t = self.recipe.timestep_sampler_obj.sample(n, generator=g, device=self.device)
+        shape = (n, src.channels, src.resolution, src.resolution)
+        noise = torch.randn(shape, generator=g, device=self.device)
+        drop = None
         if self.model.y_embedder is not None and self.model.y_embedder.dropout_prob > 0:
             u = torch.rand(n, generator=g, device=self.device)
-            out["drop"] = (u < self.model.y_embedder.dropout_prob).long()
-        return out
+            drop = (u < self.model.y_embedder.dropout_prob).long()
+        return Draws(t, noise, drop)
 
     # ------------------------------------------------------------------ one step
-    def _train_step(self, step: int) -> torch.Tensor:
+    def _train_step(self, step: int) -> tuple[StatsLayout, torch.Tensor]:
+        """One optimizer step; its stats stay on the device (read a step later, see ``_post``)."""
         cfg, d = self.cfg, self.dist
         B, W, A = cfg.train.batch_size, d.world_size, cfg.train.grad_accum
         per_rank = B // W
@@ -500,27 +498,13 @@ class Trainer:
             rows = slice(a * b, (a + 1) * b)
             grows = slice(share.start + a * b, share.start + (a + 1) * b)
             sync_ctx = (
-                self.train_model.no_sync()
-                if (d.distributed and a < A - 1 and hasattr(self.train_model, "no_sync"))
-                else contextlib.nullcontext()
+                self.ddp.no_sync() if (self.ddp is not None and a < A - 1) else contextlib.nullcontext()
             )
-            self.call.drop = draws["drop"][grows] if "drop" in draws else None
-            kw: dict[str, Any] = {}
-            if "t" in draws:
-                kw["t"] = draws["t"][grows]
-            if "noise" in draws:
-                kw["noise"] = draws["noise"][grows]
-            if "generator" in self._loss_injects:
-                if not self._loss_injects >= {"t", "noise"}:
-                    # fallback: the loss draws itself; seed per (step, global micro-batch)
-                    self.gen.manual_seed(derive_seed(cfg.seed, STEP_TAG, step, 1 + d.rank * A + a))
-                kw["generator"] = self.gen
+            mb = draws.rows(grows)
+            loss_terms = self._compiled_loss or self._loss_terms
             with sync_ctx:
                 with self._autocast():
-                    if self._compiled_loss is not None:
-                        terms = self._compiled_loss(x[rows], y[rows], kw["t"], kw["noise"], self.call.drop)
-                    else:
-                        terms = self.loss_fn(self.call, x[rows], y[rows], **kw)
+                    terms = loss_terms(x[rows], y[rows], mb.t, mb.noise, mb.drop)
                 if self.loss_hook is not None:
                     terms = self.loss_hook(step, terms)
                 loss = terms["loss"]
@@ -531,9 +515,8 @@ class Trainer:
                 if k != "loss" and isinstance(v, torch.Tensor) and v.numel() == 1:
                     vd = v.detach().float().reshape(())
                     term_acc[k] = vd if k not in term_acc else term_acc[k] + vd
-        self.call.drop = None
         assert loss_acc is not None
-        self._term_names = sorted(term_acc)
+        layout = StatsLayout(tuple(sorted(term_acc)))
 
         # grad norm (clipping if asked); on DDP grads are already averaged, so it agrees across ranks
         clip = cfg.optim.grad_clip
@@ -542,8 +525,8 @@ class Trainer:
         else:
             gnorm = _total_norm(self.params)
 
-        stats = torch.stack(
-            [loss_acc / A, *[term_acc[k] / A for k in self._term_names], self._stop_flag_tensor()]
+        stats = layout.reduced_part(
+            loss_acc / A, {k: v / A for k, v in term_acc.items()}, self._stop_flag_tensor()
         )
         if d.distributed:
             all_reduce_sum(stats)
@@ -565,47 +548,42 @@ class Trainer:
             self.ema.num_updates += 1
         self.opt.zero_grad(set_to_none=True)
         self.images_seen += B
-        return torch.cat([stats, ok.float().reshape(1), gnorm.detach().float().reshape(1)])
+        return layout, layout.complete(stats, ok, gnorm)
 
     def _stop_flag_tensor(self) -> torch.Tensor:
-        if not hasattr(self, "_stop_dev"):
-            self._stop_dev = torch.zeros((), device=self.device)
         self._stop_dev.fill_(1.0 if self._stop_signal else 0.0)
         return self._stop_dev.clone()
 
     # ------------------------------------------------------------------ lagged host read
-    def _post(self, step: int, vec: torch.Tensor) -> None:
+    def _post(self, step: int, layout: StatsLayout, vec: torch.Tensor) -> None:
         """Queue this step's stats for the host without waiting (CUDA: pinned buffer + event)."""
         if self.is_cuda:
             buf = torch.empty(vec.shape, dtype=vec.dtype, pin_memory=True)
             buf.copy_(vec, non_blocking=True)
             ev = torch.cuda.Event()
             ev.record()
-            self._pending.append((step, buf, ev))
+            self._pending.append((step, layout, buf, ev))
         else:
-            self._pending.append((step, vec, None))
+            self._pending.append((step, layout, vec, None))
 
     def _drain(self, keep: int = 0) -> None:
         """Consume queued stats, leaving the newest ``keep`` (1 = the lagged read, 0 = a full flush)."""
         while len(self._pending) > keep:
-            step, buf, ev = self._pending.pop(0)
+            step, layout, buf, ev = self._pending.pop(0)
             if ev is not None:
                 ev.synchronize()
-            self._consume(step, buf.tolist())
+            self._consume(step, layout.read(buf.tolist()))
 
-    def _consume(self, step: int, vals: list[float]) -> None:
-        n_terms = len(self._term_names)
-        loss = vals[0]
-        terms = dict(zip(self._term_names, vals[1 : 1 + n_terms]))
-        stop, ok, gnorm = vals[1 + n_terms], vals[2 + n_terms] > 0.5, vals[3 + n_terms]
+    def _consume(self, step: int, st: StepStats) -> None:
+        loss, gnorm = st.loss, st.grad_norm
         self.losses.append(loss)
-        if stop > 0 and self._agreed_stop is None:
+        if st.stop and self._agreed_stop is None:
             self._agreed_stop = step + 1  # every rank sees the same all-reduced flag at the same step
-        if ok:
+        if st.ok:
             self.streak = 0
             self._int_loss += loss
             self._int_n += 1
-            for k, v in terms.items():
+            for k, v in st.terms.items():
                 self._int_terms[k] = self._int_terms.get(k, 0.0) + v
             self._int_gnorm = max(self._int_gnorm, gnorm)
         else:
@@ -689,9 +667,6 @@ class Trainer:
     @torch.no_grad()
     def sample_grid(self, path: Path) -> Path | None:
         """EMA samples from the fixed noise and labels: one row per class."""
-        from fasterdit.diffusion.sampling import sample
-        from fasterdit.viz import save_image_grid
-
         s = self.cfg.sample
         g = torch.Generator(device=self.device).manual_seed(derive_seed(self.cfg.seed, SAMPLE_TAG, 1))
         with self._autocast():
@@ -700,7 +675,7 @@ class Trainer:
                 self.recipe,
                 self.grid_noise.clone(),
                 y=self.grid_labels,
-                sampler=s.sampler or recipe_sampler(self.recipe),
+                sampler=s.sampler or self.recipe.sampler.name,
                 steps=s.steps,
                 cfg_scale=s.cfg_scale,
                 generator=g,
@@ -716,30 +691,23 @@ class Trainer:
     def _decode(self, z: torch.Tensor) -> torch.Tensor | None:
         if self._vae is False:
             return None
-        try:
-            from fasterdit.data.vae import decode, load_vae
-
-            if self._vae is None:
+        if self._vae is None:
+            try:
                 self._vae = load_vae(self.source.vae, device=self.device)
-            return decode(self._vae, z, batch_size=16)
-        except Exception as err:  # no diffusers / offline: training goes on without pictures
-            self._say(f"warning: cannot decode latents with VAE {self.source.vae!r} ({err}); no sample grids")
-            self._vae = False
-            return None
+            except UserError as err:  # no diffusers / offline: training goes on without pictures
+                vae = self.source.vae
+                self._say(f"warning: cannot decode latents with VAE {vae!r} ({err}); no sample grids")
+                self._vae = False
+                return None
+        return decode(self._vae, z, batch_size=16)
 
     def _evaluate(self, step: int) -> None:
         e, s = self.cfg.eval, self.cfg.sample
-        try:
-            from fasterdit.eval import evaluate
-        except ImportError as err:
-            self._say(f"warning: evaluation unavailable ({err}); eval.every ignored")
-            self.cfg.eval.every = 0
-            return
         t0 = time.time()
         kwargs = dict(
             dataset=self.cfg.data.source,
             num_samples=e.num_samples,
-            sampler=e.sampler or s.sampler or recipe_sampler(self.recipe),
+            sampler=e.sampler or s.sampler or self.recipe.sampler.name,
             steps=e.steps or s.steps,
             cfg_scale=s.cfg_scale if e.cfg_scale is None else e.cfg_scale,
             seed=derive_seed(self.cfg.seed, EVAL_TAG) % (2**31),
@@ -765,9 +733,6 @@ class Trainer:
     ) -> dict[str, Any] | None:
         """``eval.every`` under DDP: every rank samples its share of the batches (per-index noise,
         balanced labels, as ``fasterdit eval``), rank 0 scores them; None on the other ranks."""
-        from fasterdit.eval import evaluate_samples
-        from fasterdit.eval.sample_job import SampleSettings, sample_shared
-
         settings = SampleSettings(num_samples, seed, sampler, steps, float(cfg_scale), label_mode="balanced")
         t0 = time.time()
         got = sample_shared(self.ema.model, self.recipe, settings, batch_size=250, dist=self.dist,
@@ -877,8 +842,6 @@ class Trainer:
         if path.exists():
             return
         try:
-            from fasterdit.diffusion.snr import save_snr_plot
-
             std = self.source.channel_std
             data_std = torch.tensor(std, dtype=torch.float64) if len(std) > 1 else float(std[0])
             save_snr_plot(
@@ -888,7 +851,8 @@ class Trainer:
                 dpi=120,
                 title=f"log-SNR density of this run's recipe ({self.cfg.recipe}) on {self.cfg.data.source}",
             )
-        except Exception as err:  # a plot must never stop training
+        except (OSError, ValueError, RuntimeError) as err:  # cannot write it, or no law for this recipe: a
+            # plot must never stop training
             self._say(f"warning: no SNR-PDF plot ({type(err).__name__}: {err})")
 
     # ------------------------------------------------------------------ signals
@@ -1018,8 +982,8 @@ class Trainer:
             self._write_snr_plot()
 
         self.losses = array("d")
-        self._pending: list = []
-        self._term_names: list[str] = []
+        # (step, layout, stats tensor, CUDA event or None): the stats not yet read on the host
+        self._pending: list[tuple[int, StatsLayout, torch.Tensor, torch.cuda.Event | None]] = []
         self._agreed_stop: int | None = None
         self._int_loss, self._int_n, self._int_terms, self._int_gnorm, self._int_skipped = 0.0, 0, {}, 0.0, 0
         ckpt_due = False
@@ -1039,9 +1003,9 @@ class Trainer:
                         stopped_by = self._stop_signal
                         break
                     t0 = time.time()
-                    vec = self._train_step(self.step)
+                    layout, vec = self._train_step(self.step)
                     self.step += 1
-                    self._post(self.step - 1, vec)
+                    self._post(self.step - 1, layout, vec)
                     self._drain(keep=1)
                     dt = time.time() - t0
                     train_time += dt
@@ -1141,24 +1105,6 @@ def _total_norm(params: list[torch.Tensor]) -> torch.Tensor:
     return torch.linalg.vector_norm(torch.stack(norms))
 
 
-def _loss_injection(loss_fn) -> set[str]:
-    """Which of t / noise / generator the loss accepts as keyword arguments."""
-    import inspect
-
-    try:
-        params = inspect.signature(
-            loss_fn.__call__ if not hasattr(loss_fn, "forward") else loss_fn.forward
-        ).parameters
-    except (TypeError, ValueError):
-        return {"generator"}
-    names = set(params)
-    has_var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    out = {n for n in ("t", "noise", "generator") if n in names}
-    if has_var_kw and not out:
-        out = {"generator"}
-    return out
-
-
 def _verify_error(path: Path) -> str | None:
     """Why a checkpoint fails its size/checksum verification, or None when it passes."""
     try:
@@ -1169,8 +1115,6 @@ def _verify_error(path: Path) -> str | None:
 
 
 def _broadcast_path(path: Path | None) -> Path | None:
-    from fasterdit.train.distributed import broadcast_object
-
     val = broadcast_object(None if path is None else str(path))
     return None if val is None else Path(val)
 
