@@ -91,6 +91,17 @@ def facts_markdown(facts: dict[str, Any], load_end: tuple[float, float, float] |
 _ARGV: list[str] | None = None
 
 
+def report_header(
+    title: str, script: str | Path, facts: dict[str, Any], seconds: float | None = None
+) -> list[str]:
+    """The opening lines every report shares: title, the exact command, wall time, the machine."""
+    command = ["Command (from the repository root):", "", "```bash", command_line(script), "```", ""]
+    lines = [f"# {title}", "", *command]
+    if seconds is not None:
+        lines += [f"Total wall time {seconds:.0f} s.", ""]
+    return [*lines, "## Machine", "", facts_markdown(facts, loadavg()), ""]
+
+
 def set_argv(argv: list[str] | None) -> None:
     """Record the arguments a benchmark's ``main(argv)`` was called with (None: the process's own)."""
     global _ARGV

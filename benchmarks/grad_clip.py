@@ -142,20 +142,7 @@ def report(args, a_rows: list[dict[str, Any]], b_rows: list[dict[str, Any]], sec
         by_clip.setdefault(r["clip"], []).append(r)
     fids = {c: [r["fid"] for r in rs if r["fid"] is not None] for c, rs in by_clip.items()}
     lines = [
-        "# Gradient clipping and the direction loss",
-        "",
-        "Command (from the repository root):",
-        "",
-        "```bash",
-        common.command_line(__file__),
-        "```",
-        "",
-        f"Total wall time {seconds:.0f} s.",
-        "",
-        "## Machine",
-        "",
-        common.facts_markdown(facts, common.loadavg()),
-        "",
+        *common.report_header("Gradient clipping and the direction loss", __file__, facts, seconds),
         "## (A) The first step of a fresh DiT",
         "",
         "Gradient norms at initialisation (adaLN-Zero: the output is exactly 0), one batch, same draws;"

@@ -95,18 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     common.write_json(out / "ode_accuracy.json", dict(rows=data, facts=facts))
     text = "\n".join(
         [
-            "# ODE samplers: accuracy and agreement with the references",
-            "",
-            "Command (from the repository root):",
-            "",
-            "```bash",
-            common.command_line(__file__),
-            "```",
-            "",
-            "## Machine",
-            "",
-            common.facts_markdown(facts, common.loadavg()),
-            "",
+            *common.report_header(
+                "ODE samplers: accuracy and agreement with the references", __file__, facts
+            ),
             "## Endpoint error on Gaussian data (closed-form velocity, float64, 256 samples)",
             "",
             "`error`: max |x̂ − x_exact| of the probability-flow ODE's endpoint. `distance`: "

@@ -31,7 +31,7 @@ from fasterdit.train.config import load_config
 from fasterdit.train.logging import read_metrics
 from fasterdit.train.runlock import RunDirLocked, RunLock
 from fasterdit.train.trainer import Trainer, TrainingAborted
-from tiny_run import TINY_RUN
+from tiny_run import TINY_RUN, train_cli
 
 BASE = [*TINY_RUN, "log.keep_last=2"]
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
@@ -549,18 +549,7 @@ def test_second_ctrl_c_aborts_without_a_traceback(tmp_path):
     run_dir = tmp_path / "run"
     script = tmp_path / "ctrlc.py"
     script.write_text(CTRL_C)
-    cmd = [
-        sys.executable,
-        str(script),
-        "train",
-        "--config",
-        "demo",
-        "--run-dir",
-        str(run_dir),
-        "--no-progress",
-    ]
-    for a in [*BASE, "train.steps=100000", "log.ckpt_every=0"]:
-        cmd += ["--set", a]
+    cmd = train_cli([sys.executable, str(script)], run_dir, [*BASE, "train.steps=100000", "log.ckpt_every=0"])
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV)
     metrics = run_dir / "metrics.jsonl"
     deadline = time.time() + 120

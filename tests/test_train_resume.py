@@ -18,7 +18,7 @@ import torch
 from fasterdit.train import checkpoint as ck
 from fasterdit.train.config import load_config
 from fasterdit.train.trainer import Trainer, TrainingAborted
-from tiny_run import TINY_RUN
+from tiny_run import TINY_RUN, train_cli
 
 BASE = [*TINY_RUN, "log.keep_last=2"]
 
@@ -220,19 +220,9 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
     import time
 
     run_dir = tmp_path / "run"
-    cmd = [
-        sys.executable,
-        "-m",
-        "fasterdit",
-        "train",
-        "--config",
-        "demo",
-        "--run-dir",
-        str(run_dir),
-        "--no-progress",
-    ]
-    for a in [*BASE, "train.steps=100000", "log.ckpt_every=0"]:
-        cmd += ["--set", a]
+    cmd = train_cli(
+        [sys.executable, "-m", "fasterdit"], run_dir, [*BASE, "train.steps=100000", "log.ckpt_every=0"]
+    )
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     metrics = run_dir / "metrics.jsonl"
     deadline = time.time() + 120

@@ -19,3 +19,13 @@ TINY_RUN = [
     "log.tensorboard=false",
     "log.progress=false",
 ]
+
+
+def train_cli(entry: list[str], run_dir, overrides: list[str]) -> list[str]:
+    """The argv of ``fasterdit train`` on the demo config with ``--set`` overrides, after ``entry``
+    (e.g. ``[sys.executable, "-m", "fasterdit"]`` or a wrapper script), for tests that need a real
+    process to signal or kill."""
+    cmd = [*entry, "train", "--config", "demo", "--run-dir", str(run_dir), "--no-progress"]
+    for a in overrides:
+        cmd += ["--set", a]
+    return cmd
