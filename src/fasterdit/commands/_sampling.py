@@ -61,10 +61,10 @@ def add_sampling_arguments(p: argparse.ArgumentParser | Any, *, num: int, batch:
     )
     p.add_argument(
         "--precision",
-        choices=("auto", "bf16", "tf32", "fp32"),
+        choices=("auto", "bf16", "tf32", "fp32", "fp64"),
         default="auto",
-        help="bf16 autocast, fp32 with TF32 matmuls (DiT's sample_ddp.py), or fp32 "
-        "(default auto: bf16 on CUDA, fp32 on CPU)",
+        help="bf16 autocast, fp32 with TF32 matmuls (DiT's sample_ddp.py), fp32, or fp64 (bytes that "
+        "no BLAS blocking can change) (default auto: bf16 on CUDA, fp32 on CPU)",
     )
     p.add_argument("--gpu", action="append", metavar="NAME", help="--dry-run: this GPU only (repeatable)")
     p.add_argument("--mfu", type=float, default=0.4, help="--dry-run: assumed share of the GPU's peak (0.4)")
@@ -182,8 +182,9 @@ def run_job(args: argparse.Namespace, lm: Any, settings: Any, out: Path, dist: A
     if dist.is_main:  # hashing an official .pt costs a second per GB: rank 0's record is the one used
         record = checkpoint_record(lm, not args.no_ema, vid)
         record["image_shape"] = [int(lm.model.in_channels), *map(int, lm.model.input_size)]
+    model = lm.model.double() if settings.precision == "fp64" else lm.model
     return run_sample_job(
-        lm.model, lm.recipe, settings, out, record=record, batch_size=args.batch_size, dist=dist,
+        model, lm.recipe, settings, out, record=record, batch_size=args.batch_size, dist=dist,
         decode=decode, progress=True,
     )  # fmt: skip
 

@@ -55,7 +55,7 @@ class SampleSettings:
     sampler_kwargs: dict[str, Any] = field(default_factory=dict)
     label_mode: str = "uniform"  # uniform | balanced | given
     labels: tuple[int, ...] | None = None  # the classes of label_mode "given"
-    precision: str = "fp32"  # fp32 | tf32 (fp32 with TF32 matmuls, DiT's sample_ddp.py) | bf16 (autocast)
+    precision: str = "fp32"  # fp32 | tf32 (TF32 matmuls, DiT's sample_ddp.py) | bf16 (autocast) | fp64
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -96,7 +96,8 @@ def sample_range(
     """Samples ``start..end-1`` as (uint8 N×H×W×C images, int64 labels, NFE per sample)."""
     shape = (int(model.in_channels), *(int(v) for v in model.input_size))
     num_classes = int(model.num_classes or 0)
-    noise = sample_seeds.initial_noise(settings.seed, start, end, shape).to(device)
+    dtype = next(model.parameters()).dtype  # float64 for --precision fp64
+    noise = sample_seeds.initial_noise(settings.seed, start, end, shape).to(device, dtype)
     y = sample_seeds.labels_for(
         settings.seed, start, end, num_classes=num_classes, mode=settings.label_mode,
         num_samples=settings.num_samples, given=settings.labels,
@@ -115,7 +116,7 @@ def sample_range(
     return to_uint8(x), labels, int(res.nfe)
 
 
-PRECISIONS = ("fp32", "tf32", "bf16")
+PRECISIONS = ("fp32", "tf32", "bf16", "fp64")
 
 
 @contextlib.contextmanager
