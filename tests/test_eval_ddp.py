@@ -11,6 +11,8 @@ import os
 import subprocess
 import sys
 
+import torch
+
 from fasterdit.eval import evaluate_samples
 from fasterdit.eval.sample_job import SampleSettings, sample_shared
 from fasterdit.train.data_source import derive_seed
@@ -38,6 +40,13 @@ def test_in_training_evaluation_is_shared_by_the_ranks(tmp_path):
     lm = load_trained(run)  # the EMA weights of step 2, which the evaluation used
     seed = derive_seed(lm.cfg.seed, EVAL_TAG) % (2**31)
     settings = SampleSettings(12, seed, "euler", 2, 1.0, label_mode="balanced")
-    images, labels, _ = sample_shared(lm.model, lm.recipe, settings, batch_size=250, dist=DistInfo())
-    ref = evaluate_samples(images, labels, "digits")
+    # the ranks ran with train.threads=1; one thread here too, so that no float32 reduction is split
+    # differently (the same batch grid of 250 makes rank 0 sample these 12 in one batch, as here)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        images, labels, _ = sample_shared(lm.model, lm.recipe, settings, batch_size=250, dist=DistInfo())
+        ref = evaluate_samples(images, labels, "digits")
+    finally:
+        torch.set_num_threads(threads)
     assert logged["fid"] == ref["fid"] and logged["class_accuracy"] == ref["class_accuracy"]
