@@ -51,7 +51,7 @@ from PIL import Image
 
 from fasterdit.data.embedded import EMBEDDED, load_embedded
 from fasterdit.data.folder import ImageFolder, scan_folder
-from fasterdit.data.stats import RunningStats
+from fasterdit.data.stats import DataStats, RunningStats
 from fasterdit.diffusion.recipe import load_recipe
 from fasterdit.errors import ConfigError, DataError
 
@@ -455,10 +455,13 @@ def _is_pair(obj: Any) -> bool:
 
 
 def _pooled_and_channels(data_std: Any) -> tuple[float, list[float] | None]:
-    """(pooled std, per-channel stds or None) from a number, a sequence/tensor of channel stds, or a
-    RunningStats (exact pooled std incl. the spread of the channel means)."""
+    """(pooled std, per-channel stds or None) from a number, a sequence/tensor of channel stds, a
+    DataStats or a RunningStats. The pooled std is always ``DataStats.pooled_std`` (the library's one
+    formula); from channel stds alone the channel means count as equal."""
     if isinstance(data_std, RunningStats):
-        return _check_std(data_std.pooled_std), [_check_std(v) for v in data_std.std.tolist()]
+        data_std = data_std.data_stats()
+    if isinstance(data_std, DataStats):  # measured: the channel stds are always reported
+        return _check_std(data_std.pooled_std), [_check_std(v) for v in data_std.std]
     if isinstance(data_std, torch.Tensor):
         data_std = data_std.detach().double().flatten().tolist()
     if isinstance(data_std, np.ndarray):
@@ -469,7 +472,7 @@ def _pooled_and_channels(data_std: Any) -> tuple[float, list[float] | None]:
         chans = [_check_std(v) for v in data_std]
         if len(chans) == 1:
             return chans[0], None
-        return math.sqrt(sum(s * s for s in chans) / len(chans)), chans
+        return _check_std(DataStats.from_stds(chans).pooled_std), chans
     return _check_std(data_std), None
 
 

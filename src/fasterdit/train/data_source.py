@@ -18,6 +18,7 @@ import torch
 
 from fasterdit.data.embedded import EMBEDDED, load_embedded
 from fasterdit.data.prepared import PreparedDataset
+from fasterdit.data.stats import DataStats
 from fasterdit.errors import ConfigError
 
 __all__ = ["BatchSource", "EmbeddedSource", "IndexStream", "derive_seed", "open_source", "rank_slice"]
@@ -31,8 +32,7 @@ class BatchSource(Protocol):
     num_classes: int
     is_latent: bool
     vae: str | None
-    channel_mean: list[float]
-    channel_std: list[float]
+    stats: DataStats  # per-channel mean and std in data space, measured once (the pooled std is its)
 
     def __len__(self) -> int: ...
 
@@ -58,8 +58,8 @@ class EmbeddedSource:
         self.num_classes = int(y.max()) + 1
         # population statistics in float64: they feed the recipe's data scaling and the SNR plot
         xd = x.double()
-        self.channel_mean = xd.mean(dim=(0, 2, 3)).tolist()
-        self.channel_std = xd.std(dim=(0, 2, 3), correction=0).tolist()
+        dims = (0, 2, 3)
+        self.stats = DataStats.of(xd.mean(dim=dims).tolist(), xd.std(dim=dims, correction=0).tolist())
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])

@@ -164,11 +164,9 @@ class Outputs:
         if path.exists():
             return
         try:
-            std = ctx.source.channel_std
-            data_std = torch.tensor(std, dtype=torch.float64) if len(std) > 1 else float(std[0])
             save_snr_plot(
                 [ctx.recipe],
-                data_std,
+                ctx.source.stats,
                 path,
                 dpi=120,
                 title=f"log-SNR density of this run's recipe ({ctx.cfg.recipe}) on {ctx.cfg.data.source}",
