@@ -17,7 +17,6 @@ import torch
 
 from fasterdit.data.vae import decode, load_vae
 from fasterdit.diffusion.sampling import sample
-from fasterdit.diffusion.snr import save_snr_plot
 from fasterdit.errors import UserError
 from fasterdit.eval import evaluate, evaluate_samples
 from fasterdit.eval.sample_job import SampleSettings, sample_shared
@@ -27,6 +26,7 @@ from fasterdit.train.parts import TrainParts
 from fasterdit.train.signals import StopRequested
 from fasterdit.train.state import RunContext
 from fasterdit.viz import save_image_grid
+from fasterdit.viz.snr import save_snr_plot
 
 __all__ = ["EVAL_TAG", "Outputs"]
 
