@@ -81,7 +81,7 @@ def test_stop_and_resume_is_exact(tmp_path, straight):
 
 
 def test_epoch_boundary_and_world_size_independent_data_order():
-    from fasterdit.train.data_source import IndexStream
+    from fasterdit.train.data_order import IndexStream
 
     s = IndexStream(10, seed=3)
     seq = s.take(0, 25)

@@ -13,13 +13,13 @@ from typing import Any
 import torch
 
 from fasterdit.data.embedded import EMBEDDED
+from fasterdit.data.source import open_source
 from fasterdit.data.stats import DataStats
 from fasterdit.diffusion.recipe import PRESETS, Recipe, get_preset
 from fasterdit.errors import ConfigError, UserError
 from fasterdit.models import create_model
 from fasterdit.train import preflight
 from fasterdit.train.config import RunConfig, check_world
-from fasterdit.train.data_source import open_source
 
 __all__ = [
     "ShapeOnly",

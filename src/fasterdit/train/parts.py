@@ -14,12 +14,13 @@ from dataclasses import dataclass
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from fasterdit.data.source import EmbeddedSource
 from fasterdit.diffusion.losses import DiffusionLoss
 from fasterdit.errors import ConfigError
 from fasterdit.models.dit import DiT
 from fasterdit.train.build import build_model
 from fasterdit.train.config import OptimConfig, TrainConfig
-from fasterdit.train.data_source import EmbeddedSource, IndexStream, derive_seed
+from fasterdit.train.data_order import IndexStream, derive_seed
 from fasterdit.train.ema import EMA
 from fasterdit.train.state import RunContext
 

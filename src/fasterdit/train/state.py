@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fasterdit.data.source import BatchSource
 from fasterdit.diffusion.recipe import Recipe
 from fasterdit.train.config import RunConfig
-from fasterdit.train.data_source import BatchSource
 from fasterdit.train.distributed import DistInfo
 from fasterdit.train.logging import Console
 

@@ -3,7 +3,7 @@
 How one optimizer step works (the hot path), and why:
 
 1. Indices: the global batch is the next ``batch_size`` positions of a seeded epoch-permutation stream
-   (:class:`~fasterdit.train.data_source.IndexStream`); rank ``r`` takes the ``r``-th contiguous share and
+   (:class:`~fasterdit.train.data_order.IndexStream`); rank ``r`` takes the ``r``-th contiguous share and
    splits it into ``grad_accum`` micro-batches. The data position is ``images_seen``, one integer.
 2. Randomness that defines the loss (timesteps, noise, label dropout) is drawn for the **whole global
    batch** on every rank from a generator seeded by (seed, step) and each rank slices out its rows
@@ -26,10 +26,11 @@ from dataclasses import dataclass
 
 import torch
 
+from fasterdit.data.source import BatchSource
 from fasterdit.diffusion.recipe import Recipe
 from fasterdit.models.dit import DiT
 from fasterdit.train.config import OptimConfig
-from fasterdit.train.data_source import LATENT_TAG, STEP_TAG, BatchSource, derive_seed, rank_slice
+from fasterdit.train.data_order import LATENT_TAG, STEP_TAG, derive_seed, rank_slice
 from fasterdit.train.distributed import all_reduce_sum
 from fasterdit.train.parts import TrainParts
 from fasterdit.train.signals import StopRequest
