@@ -25,6 +25,9 @@ What differs from the official code is only *how* it is computed, never *what*:
   trainer draws it once per global batch with the step's generator, so runs are reproducible and the
   compiled forward never draws.
 
+Why one module of ~550 lines: it mirrors the official ``models.py`` (embedders, blocks, the DiT, the
+named configs and the 2-D sin-cos position embedding) so the two can be read side by side.
+
 The blocks contain no data-dependent Python control flow, so ``torch.compile(block, fullgraph=True)``
 traces them without graph breaks.
 """
