@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from fasterdit.data.embedded import Origin
 from fasterdit.errors import DataError
 
 FORMAT_VERSION = 1
@@ -207,6 +208,7 @@ class PreparedDataset:
         self.class_to_idx: dict[str, int] = dict(m["class_to_idx"])
         self.channel_mean: list[float] = [float(v) for v in m["channel_mean"]]
         self.channel_std: list[float] = [float(v) for v in m["channel_std"]]
+        self.origin: Origin | None = Origin.from_dict(m.get("origin"))
         self.flip_mode = m.get("flip", "none")
         if self.flip_mode not in FLIP_MODES:
             raise DataError(

@@ -16,7 +16,7 @@ from typing import Protocol
 
 import torch
 
-from fasterdit.data.embedded import EMBEDDED, load_embedded
+from fasterdit.data.embedded import EMBEDDED, Origin, load_embedded
 from fasterdit.data.prepared import PreparedDataset
 from fasterdit.errors import ConfigError
 
@@ -31,6 +31,7 @@ class BatchSource(Protocol):
     num_classes: int
     is_latent: bool
     vae: str | None
+    origin: Origin | None  # the embedded dataset the images come from (offline evaluation), if any
     channel_mean: list[float]
     channel_std: list[float]
 
@@ -56,6 +57,7 @@ class EmbeddedSource:
         self.channels = int(x.shape[1])
         self.resolution = int(x.shape[-1])
         self.num_classes = int(y.max()) + 1
+        self.origin = Origin(name, split, self.resolution)
         # population statistics in float64: they feed the recipe's data scaling and the SNR plot
         xd = x.double()
         self.channel_mean = xd.mean(dim=(0, 2, 3)).tolist()

@@ -43,7 +43,7 @@ import torch
 import yaml
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from fasterdit.data.vae import decode, load_vae
+from fasterdit.data.vae import latent_decoder
 from fasterdit.diffusion.losses import DiffusionLoss
 from fasterdit.diffusion.sampling import sample
 from fasterdit.diffusion.snr import save_snr_plot
@@ -689,23 +689,29 @@ class Trainer:
         return save_image_grid(x.cpu(), path, nrow=s.per_class, scale=min(scale, 4))
 
     def _decode(self, z: torch.Tensor) -> torch.Tensor | None:
+        """Latent samples -> images with the data's VAE (cropped back to the embedded digits' size when
+        the autoencoder saw them padded); None when the VAE cannot be loaded (no grids, training goes on)."""
         if self._vae is False:
             return None
         if self._vae is None:
+            origin = self.source.origin
             try:
-                self._vae = load_vae(self.source.vae, device=self.device)
+                self._vae = latent_decoder(
+                    self.source.vae, self.device, crop=origin.resolution if origin else None, batch_size=16
+                )
             except UserError as err:  # no diffusers / offline: training goes on without pictures
                 vae = self.source.vae
                 self._say(f"warning: cannot decode latents with VAE {vae!r} ({err}); no sample grids")
                 self._vae = False
                 return None
-        return decode(self._vae, z, batch_size=16)
+        return self._vae(z)
 
     def _evaluate(self, step: int) -> None:
         e, s = self.cfg.eval, self.cfg.sample
         t0 = time.time()
+        assert self.source.origin is not None  # check_config refuses eval.every without one
         kwargs = dict(
-            dataset=self.cfg.data.source,
+            dataset=self.source.origin.dataset,
             num_samples=e.num_samples,
             sampler=e.sampler or s.sampler or self.recipe.sampler.name,
             steps=e.steps or s.steps,
@@ -717,7 +723,8 @@ class Trainer:
             if res is None:  # ranks > 0 sampled their share; rank 0 scores and logs
                 return
         else:
-            res = evaluate(self.ema.model, self.recipe, device=self.device, **kwargs)
+            decode = self._decode if self.source.is_latent else None
+            res = evaluate(self.ema.model, self.recipe, device=self.device, decode=decode, **kwargs)
         vals = {k: v for k, v in res.items() if isinstance(v, (int, float, str))}
         vals.setdefault("num_samples", e.num_samples)
         vals["eval_seconds"] = round(time.time() - t0, 2)
@@ -735,8 +742,9 @@ class Trainer:
         balanced labels, as ``fasterdit eval``), rank 0 scores them; None on the other ranks."""
         settings = SampleSettings(num_samples, seed, sampler, steps, float(cfg_scale), label_mode="balanced")
         t0 = time.time()
+        decode = self._decode if self.source.is_latent else None
         got = sample_shared(self.ema.model, self.recipe, settings, batch_size=250, dist=self.dist,
-                            abort=_StopRequested)  # fmt: skip
+                            decode=decode, abort=_StopRequested)  # fmt: skip
         if got is None:
             return None
         images, labels, nfe = got
