@@ -149,6 +149,13 @@ def vae_id(args: argparse.Namespace, lm: Any) -> str | None:
     return str(vid)
 
 
+def origin_crop(lm: Any) -> int | None:
+    """The side decoded samples are cropped to: the embedded images' own size when the autoencoder saw
+    them padded (``mnist-ae``: 32 -> 28), else None (decoded images are the samples)."""
+    origin = lm.data.get("origin")
+    return int(origin["resolution"]) if origin else None
+
+
 def print_dry_run(lm: Any, settings: Any, args: argparse.Namespace) -> None:
     from fasterdit.eval.sample_cost import sampling_cost
 
@@ -162,7 +169,6 @@ def print_dry_run(lm: Any, settings: Any, args: argparse.Namespace) -> None:
 
 def run_job(args: argparse.Namespace, lm: Any, settings: Any, out: Path, dist: Any) -> Any:
     """Sample ``settings`` into ``out`` with this process's share of the work (see sample_job)."""
-    import torch
 
     from fasterdit.eval.provenance import checkpoint_record
     from fasterdit.eval.sample_job import run_sample_job
@@ -170,13 +176,9 @@ def run_job(args: argparse.Namespace, lm: Any, settings: Any, out: Path, dist: A
     vid = vae_id(args, lm)
     decode = None
     if vid is not None:
-        from fasterdit.data.vae import decode as vae_decode
-        from fasterdit.data.vae import load_vae
+        from fasterdit.data.vae import latent_decoder
 
-        vae = load_vae(vid, device=dist.device)
-
-        def decode(z: torch.Tensor) -> torch.Tensor:
-            return vae_decode(vae, z, batch_size=min(32, max(1, z.shape[0])))
+        decode = latent_decoder(vid, dist.device, crop=origin_crop(lm))
 
     record: dict[str, Any] = {}
     if dist.is_main:  # hashing an official .pt costs a second per GB: rank 0's record is the one used

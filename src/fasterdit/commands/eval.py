@@ -148,10 +148,11 @@ def _sample_checkpoint(args: argparse.Namespace, dist: Any, out_path: Path) -> d
     from fasterdit.train.loading import load_trained
 
     lm = load_trained(args.ckpt, ema=not args.no_ema, device=dist.device, family=args.family)
-    if lm.data.get("is_latent") and not args.reference_npz:
+    if lm.data.get("is_latent") and not lm.data.get("origin") and not args.reference_npz:
         raise UserError(
-            "a latent-space model: the offline metrics need a pixel model of an embedded dataset; "
-            "pass --reference-npz and --inception for the standard metrics"
+            "a latent-space model of images that are not an embedded dataset: the offline metrics need "
+            "pixels of mnist/digits (as pixels, or latents prepared from them: fasterdit prepare --images "
+            "mnist); pass --reference-npz and --inception for the standard metrics"
         )
     sampler, steps, cfg_scale = _eval_defaults(args, lm)
     # the offline metrics measure class accuracy per class: balanced labels unless asked otherwise;
@@ -175,13 +176,20 @@ def _sample_checkpoint(args: argparse.Namespace, dist: Any, out_path: Path) -> d
         return None
     return {
         "samples": samples,
-        "dataset": args.dataset or str(lm.cfg.data.source),
+        "dataset": args.dataset or _run_dataset(lm),
         "record": dict(
             checkpoint=str(lm.path), step=lm.step, sampler=sampler, steps=steps, nfe=res.nfe,
             cfg_scale=cfg_scale, guidance_interval=settings.guidance_interval, seed=args.seed,
             label_mode=settings.label_mode, sample_seconds=round(res.seconds, 3), world_size=dist.world_size,
         ),
     }  # fmt: skip
+
+
+def _run_dataset(lm: Any) -> str:
+    """The embedded dataset whose classifier scores this run: the one its images came from (for latent
+    runs, the dataset ``fasterdit prepare`` encoded), else the configured source name."""
+    origin = lm.data.get("origin")
+    return str(origin["dataset"]) if origin else str(lm.cfg.data.source)
 
 
 def _metrics(args: argparse.Namespace, samples: Path, dataset: str, extractor: Any) -> dict[str, Any]:

@@ -15,7 +15,16 @@ HELP = "Encode a folder of images into VAE-latent (or pixel) shards and a manife
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--images", required=True, type=Path, help="folder of images: one sub-folder per class, or flat"
+        "--images",
+        required=True,
+        type=Path,
+        help="folder of images (one sub-folder per class, or flat), or an embedded dataset: mnist, digits",
+    )
+    p.add_argument(
+        "--split",
+        choices=("train", "heldout", "all"),
+        default="train",
+        help="the part of an embedded dataset to prepare (train: the held-out split stays the FID reference)",
     )
     p.add_argument(
         "--out", required=True, type=Path, help="output folder (new, empty, or an earlier run to resume)"
@@ -26,7 +35,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--vae",
         default=None,
-        help="diffusers AutoencoderKL: a local folder, a hub id (stabilityai/sd-vae-ft-ema) or ema/mse; "
+        help="diffusers AutoencoderKL: a local folder, a hub id (stabilityai/sd-vae-ft-ema), ema/mse, or the "
+        "built-in mnist-ae (the shipped MNIST autoencoder); "
         "without it pixels are stored (uint8) for pixel-space training",
     )
     p.add_argument("--batch-size", type=int, default=32, help="images per encoder batch (32)")
@@ -46,10 +56,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--strict", action="store_true", help="stop at the first unreadable image instead of skipping it"
     )
     p.add_argument(
-        "--skip-small",
-        action="store_true",
-        help="skip images smaller than --resolution (default: upsample them and list them in warnings.tsv)",
+        "--small",
+        choices=("upsample", "skip", "pad"),
+        default="upsample",
+        help="images smaller than --resolution: upsample (bicubic, default), skip, or pad (centred on black, "
+        "not resampled: 28x28 digits for a 32x32 autoencoder); upsampled/padded ones go to warnings.tsv",
     )
+    p.add_argument("--skip-small", action="store_true", help="the same as --small skip")
     p.add_argument(
         "--device", choices=("cpu", "cuda"), default=None, help="encoder device (default: cuda if present)"
     )
@@ -83,9 +96,10 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         dtype=args.dtype,
         storage_dtype=args.storage_dtype,
-        small="skip" if args.skip_small else "upsample",
+        small="skip" if args.skip_small else args.small,
         workers=args.workers,
         progress=not args.quiet,
+        split=args.split,
     )
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports
         return 0

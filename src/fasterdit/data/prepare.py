@@ -57,15 +57,16 @@ import torch.distributed as dist
 from safetensors.numpy import save
 from tqdm.auto import tqdm
 
+from fasterdit.data.embedded import EMBEDDED, INFO, Origin, export_embedded
 from fasterdit.data.folder import SMALL, BadImage, _decode, scan_folder, to_tensor
 from fasterdit.data.prepared import FORMAT_VERSION, MANIFEST, STORAGE_DTYPES, read_header, shard_metadata
 from fasterdit.data.stats import RunningStats
 from fasterdit.data.vae import (
-    ALIASES,
     encode_distribution,
     load_vae,
     parse_dtype,
     vae_downsample_factor,
+    vae_record_name,
     vae_scaling_factor,
     vae_shift_factor,
 )
@@ -272,7 +273,15 @@ def _check_writable(out: Path) -> None:
         raise ConfigError("out", f"cannot write {out}: no write permission in {base}")
 
 
-def _check_previous(out: Path, record: dict[str, Any], rel: list[str]) -> str | None:
+def _foreign_entries(out: Path, own: str | None) -> list[str]:
+    """Names in OUT that no preparation wrote (hidden files and this run's exported source excepted)."""
+    if not out.exists():
+        return []
+    mine = {own, f"{own}.tmp"} if own else set()
+    return sorted(p.name for p in out.iterdir() if not p.name.startswith(".") and p.name not in mine)
+
+
+def _check_previous(out: Path, record: dict[str, Any], rel: list[str], own: str | None = None) -> str | None:
     """Rank 0: compare with an earlier (interrupted or finished) preparation in OUT. Returns an error
     message, or None after writing prepare.json / files.txt for a fresh start."""
     prev_file = out / PREPARE_JSON
@@ -295,7 +304,7 @@ def _check_previous(out: Path, record: dict[str, Any], rel: list[str]) -> str | 
             )
         return None
     if out.exists():
-        foreign = [p.name for p in out.iterdir() if not p.name.startswith(".")]
+        foreign = _foreign_entries(out, own)
         if foreign:
             return (
                 f"{out} is not empty and holds no fasterdit preparation ({', '.join(sorted(foreign)[:5])}"
@@ -356,8 +365,14 @@ def prepare(
     workers: int | None = None,
     progress: bool = True,
     on_shard_written: Callable[[int, Path], None] | None = None,
+    split: str = "train",
 ) -> dict[str, Any]:
     """Encode (or store) every image of ``images`` into shards under ``out``; returns the manifest.
+
+    ``images`` may also name an embedded dataset (``mnist``, ``digits``; ``split`` picks the part, the
+    training split by default): its images are exported once as PNGs under ``OUT/source-<name>-<split>``
+    and prepared like any folder, and the manifest records that ``origin`` so that evaluation can score
+    decoded samples with that dataset's classifier against its held-out split.
 
     Runs as one process, or as every rank of a ``torchrun`` job (each rank encodes its own block of
     shards; rank 0 writes the manifest after all are done). Rerunning with the same arguments resumes
@@ -384,6 +399,18 @@ def prepare(
     dist_ = _setup_dist()
     try:
         dev = _resolve_device(device, dist_)
+        origin = None
+        if str(images) in EMBEDDED and not images.exists():
+            name = str(images)
+            origin = Origin(name, split, INFO[name].resolution).to_dict()
+            images = out / f"source-{name}-{split}"
+            if dist_.rank == 0:
+                if not (out / PREPARE_JSON).is_file() and _foreign_entries(out, images.name):
+                    raise DataError(
+                        f"{out} is not empty and holds no fasterdit preparation; choose an empty or new --out"
+                    )
+                export_embedded(name, split, images)
+            dist_.barrier()
         files, labels, class_to_idx, stray = scan_folder(images)
         rel = [f.relative_to(images).as_posix() for f in files]
         num_files = len(rel)
@@ -391,9 +418,7 @@ def prepare(
 
         # --- what the shards will hold
         if vae is not None:
-            vae_name = ALIASES.get(str(vae), str(vae))
-            if Path(vae_name).expanduser().exists():
-                vae_name = str(Path(vae_name).expanduser().resolve())
+            vae_name = vae_record_name(vae)
             model = load_vae(vae_name, device=dev, dtype=compute_dtype)
             factor = vae_downsample_factor(model)
             if resolution % factor:
@@ -401,6 +426,9 @@ def prepare(
                     "resolution", f"{resolution} is not divisible by the VAE's downsampling factor {factor}"
                 )
             kind, channels, res = "latent", int(model.config.latent_channels), resolution // factor
+            gray_input = int(model.config.in_channels) == 1  # e.g. mnist-ae: encode the luminance
+            if int(model.config.in_channels) not in (1, 3):
+                raise ConfigError("vae", f"takes {model.config.in_channels} channels; prepare feeds 1 or 3")
             scale, shift = vae_scaling_factor(model), vae_shift_factor(model)
             st = STORAGE_DTYPES[storage_dtype]
             item_bytes = (
@@ -410,6 +438,7 @@ def prepare(
             expected = {"mean": (st, (channels, res, res)), "logvar": (st, (channels, res, res))}
         else:
             model, vae_name, kind, channels, res, scale, shift = None, None, "pixel", 3, resolution, 1.0, 0.0
+            gray_input = False
             item_bytes = 3 * res * res
             expected = {"pixels": ("U8", (3, res, res))}
         expected.update({"label": ("I64", ()), "index": ("I64", ()), "flipped": ("U8", ())})
@@ -437,12 +466,15 @@ def prepare(
             "num_files": len(rel),
             "files_sha256": files_sha,
         }
+        if origin is not None:  # only then: the fingerprints of earlier folder preparations stay valid
+            config["origin"] = origin
         fingerprint = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:20]
         shard_size = int(shard_size)
         num_shards = math.ceil(num_files / shard_size)
         record = {"fingerprint": fingerprint, "config": config, "images": str(images.resolve())}
 
-        error = _check_previous(out, record, rel) if dist_.rank == 0 else None
+        own = images.name if origin is not None else None
+        error = _check_previous(out, record, rel, own) if dist_.rank == 0 else None
         error = dist_.broadcast(error)
         if error:
             raise DataError(error)
@@ -560,7 +592,7 @@ def prepare(
                 buf["index"].append(idx)
                 buf["flipped"].append(np.zeros(len(idx), dtype=np.uint8))
                 continue
-            x = to_tensor(pix)
+            x = to_tensor(_luminance(pix)[..., None] if gray_input else pix)
             if flip:
                 x = torch.cat([x, x.flip(-1)])
             mean, logvar = _encode_cpu(model, x)
@@ -650,6 +682,7 @@ def prepare(
                 "warnings": {"count": len(all_warn), "report": WARNINGS_TSV},
                 "files": FILES_TXT,
                 "images": str(images.resolve()),
+                "origin": origin,
                 "settings": {
                     "shard_size": shard_size,
                     "small": small,
@@ -664,6 +697,13 @@ def prepare(
         if dist_.owns_init:
             with contextlib.suppress(RuntimeError, ValueError):  # cleanup must not hide the real error
                 dist.destroy_process_group()
+
+
+def _luminance(rgb: np.ndarray) -> np.ndarray:
+    """uint8 ``(..., 3)`` RGB -> uint8 luminance as Pillow's ``convert("L")`` computes it (ITU-R 601 in
+    16-bit fixed point); exact for gray images, whose three channels are equal."""
+    r, g, b = (rgb[..., i].astype(np.uint32) for i in range(3))
+    return ((r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16).astype(np.uint8)
 
 
 def _encode_cpu(model, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:

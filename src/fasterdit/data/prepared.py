@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from fasterdit.data.embedded import Origin
 from fasterdit.data.stats import DataStats
 from fasterdit.errors import DataError
 
@@ -207,6 +208,7 @@ class PreparedDataset:
         self.num_classes = int(m["num_classes"])
         self.class_to_idx: dict[str, int] = dict(m["class_to_idx"])
         self.stats = DataStats.of(m["channel_mean"], m["channel_std"])  # measured by ``fasterdit prepare``
+        self.origin: Origin | None = Origin.from_dict(m.get("origin"))
         self.flip_mode = m.get("flip", "none")
         if self.flip_mode not in FLIP_MODES:
             raise DataError(

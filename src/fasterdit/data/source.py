@@ -13,7 +13,7 @@ from typing import Protocol
 
 import torch
 
-from fasterdit.data.embedded import EMBEDDED, load_embedded
+from fasterdit.data.embedded import EMBEDDED, Origin, load_embedded
 from fasterdit.data.prepared import PreparedDataset
 from fasterdit.data.stats import DataStats
 from fasterdit.errors import ConfigError
@@ -29,6 +29,7 @@ class BatchSource(Protocol):
     num_classes: int
     is_latent: bool
     vae: str | None
+    origin: Origin | None  # the embedded dataset the images come from (offline evaluation), if any
     stats: DataStats  # per-channel mean and std in data space, measured once (the pooled std is its)
 
     def __len__(self) -> int: ...
@@ -53,6 +54,7 @@ class EmbeddedSource:
         self.channels = int(x.shape[1])
         self.resolution = int(x.shape[-1])
         self.num_classes = int(y.max()) + 1
+        self.origin = Origin(name, split, self.resolution)
         # population statistics in float64: they feed the recipe's data scaling and the SNR plot
         xd = x.double()
         dims = (0, 2, 3)

@@ -10,17 +10,24 @@ the prepared-shard reader and ``fasterdit sample``:
   (``scaling_factor = 0.18215``, ``shift_factor = 0`` for SD VAEs; newer VAEs such as SD3's carry a
   shift in their config), which makes the latents' std about 1. :func:`decode` undoes exactly this.
 
+Besides hub ids and folders, a VAE can be named by a built-in short name: ``mnist-ae`` is the small KL
+autoencoder that ships inside the package (:mod:`fasterdit.data.autoencoder`), so the whole latent path
+runs offline on a laptop. Runs and manifests record the short name, not the install path.
+
 diffusers is an optional dependency (``pip install "fasterdit[vae]"``); it is imported on first use.
 """
 
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from fasterdit.data.autoencoder import BUILTIN, builtin_path
+from fasterdit.data.embedded import center_crop_images
 from fasterdit.errors import ConfigError, DataError, UserError
 
 # Short names accepted for the two VAEs the DiT paper uses (as the official DiT sample.py's --vae).
@@ -48,6 +55,17 @@ def _autoencoder_class():
     return AutoencoderKL
 
 
+def vae_record_name(id_or_path: str | Path) -> str:
+    """How a run or a manifest records a VAE: built-in short names as they are, ``ema``/``mse`` as their
+    hub ids, hub ids as they are, and existing folders as absolute paths."""
+    name = str(id_or_path)
+    if name in BUILTIN:
+        return name
+    name = ALIASES.get(name, name)
+    local = Path(name).expanduser()
+    return str(local.resolve()) if local.exists() else name
+
+
 def _looks_like_path(name: str) -> bool:
     return name.startswith((".", "/", "~", "\\")) or name.count("/") > 1 or (len(name) > 1 and name[1] == ":")
 
@@ -59,13 +77,20 @@ def load_vae(
 
     ``id_or_path``: a local folder written by ``save_pretrained`` (or a full Stable-Diffusion pipeline
     folder with a ``vae/`` sub-folder), a Hugging Face hub id such as ``stabilityai/sd-vae-ft-ema``
-    (downloaded once into the hub cache by diffusers), or the short names ``ema`` / ``mse``.
+    (downloaded once into the hub cache by diffusers), the short names ``ema`` / ``mse``, or a built-in
+    name (``mnist-ae``).
     """
     cls = _autoencoder_class()
     dtype = parse_dtype(dtype)
     name = str(id_or_path)
     name = ALIASES.get(name, name)
-    local = Path(name).expanduser()
+    builtin = builtin_path(name)
+    if builtin is not None and not (builtin / "config.json").is_file():
+        raise DataError(
+            f"the built-in autoencoder {name!r} is missing from this install ({builtin}); "
+            "rebuild it with scripts/train_autoencoder.py"
+        )
+    local = builtin if builtin is not None else Path(name).expanduser()
     kwargs: dict[str, Any] = {"torch_dtype": dtype}
     if importlib.util.find_spec("accelerate") is None:
         kwargs["low_cpu_mem_usage"] = False  # what diffusers falls back to anyway, minus its warning
@@ -151,3 +176,20 @@ def decode(vae, latents_scaled: torch.Tensor, batch_size: int | None = None) -> 
     images = torch.cat(out) if out else z.new_zeros((0, 3, 0, 0))
     _check_finite(images, "decoding", dtype)
     return images.clamp_(-1.0, 1.0)
+
+
+def latent_decoder(
+    vae_id: str, device: str | torch.device, crop: int | None = None, batch_size: int = 32
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``z -> images``: what sampling, grids and evaluation use to bring a latent model's samples to pixels.
+
+    ``crop``: the side of the source images when the autoencoder saw them padded (the embedded 28x28
+    digits on a 32x32 canvas for ``mnist-ae``): the decoded images are cropped back to it, so that their
+    samples are the dataset's own geometry and the dataset's classifier scores them."""
+    vae = load_vae(vae_id, device=device)
+
+    def to_pixels(z: torch.Tensor) -> torch.Tensor:
+        images = decode(vae, z, batch_size=min(batch_size, max(1, z.shape[0])))
+        return images if crop is None else center_crop_images(images, crop)
+
+    return to_pixels

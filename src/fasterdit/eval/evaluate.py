@@ -337,6 +337,7 @@ def evaluate(
     guidance_interval: tuple[float, float] | None = None,
     return_samples: bool = False,
     sampler_kwargs: dict[str, Any] | None = None,
+    decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
     **metric_kwargs: Any,
 ) -> dict[str, Any]:
     """Sample ``num_samples`` class-balanced images (labels cycle 0..9) and evaluate them.
@@ -346,6 +347,7 @@ def evaluate(
     :func:`evaluate_samples`. Returns its dict plus ``nfe`` (per sample), ``sampler``, ``steps``,
     ``cfg_scale``, ``seed``, ``sample_seconds`` and ``eval_seconds`` (sampling + metrics);
     ``return_samples=True`` adds ``samples``/``labels`` tensors; ``sampler_kwargs`` go to the sampler;
+    ``decode`` maps a latent model's samples to ``dataset``'s images (the data's VAE, cropped back);
     other keyword arguments to :func:`evaluate_samples` (``k``, ``classifier_path``, ``cache_file``).
     """
     if dataset not in INFO:
@@ -356,7 +358,7 @@ def evaluate(
         raise ConfigError("num_samples", f"must be >= 2, got {num_samples}")
     info = INFO[dataset]
     shape = (model.in_channels, *model.input_size)
-    if shape != (info.channels, info.resolution, info.resolution):
+    if decode is None and shape != (info.channels, info.resolution, info.resolution):
         raise ConfigError(
             "dataset",
             f"the model generates {shape} images but {dataset} images are "
@@ -370,6 +372,7 @@ def evaluate(
     gen = generate_samples(
         model, recipe, num_samples, sampler=sampler, steps=steps, cfg_scale=cfg_scale, batch_size=batch_size,
         seed=seed, device=device, guidance_interval=guidance_interval, sampler_kwargs=sampler_kwargs,
+        decode=decode,
     )  # fmt: skip
     out = evaluate_samples(gen.images, gen.labels, dataset, reference, device=device, **metric_kwargs)
     out.update(

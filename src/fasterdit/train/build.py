@@ -12,7 +12,6 @@ from typing import Any
 
 import torch
 
-from fasterdit.data.embedded import EMBEDDED
 from fasterdit.data.source import open_source
 from fasterdit.data.stats import DataStats
 from fasterdit.diffusion.recipe import PRESETS, Recipe, get_preset
@@ -115,6 +114,7 @@ def data_description(source, spec: str) -> dict[str, Any]:
         num_classes=int(source.num_classes),
         is_latent=bool(source.is_latent),
         vae=source.vae,
+        origin=source.origin.to_dict() if source.origin is not None else None,
         channel_mean=list(source.stats.mean),
         channel_std=list(source.stats.std),
         pooled_std=source.stats.pooled_std,
@@ -140,6 +140,7 @@ class ShapeOnly:
 
     is_latent = False
     vae = None
+    origin = None
 
     def __init__(self, cfg: RunConfig):
         missing = [k for k in ("resolution", "channels", "num_classes") if getattr(cfg.data, k) is None]
@@ -177,8 +178,12 @@ def check_config(cfg: RunConfig, world_size: int = 1):
     preflight.check_samplers(cfg)
     preflight.check_guidance(cfg, int(source.num_classes))
     preflight.check_compile_backend(cfg)
-    if cfg.eval.every and cfg.data.source not in EMBEDDED:
-        raise ConfigError("eval.every", "in-training evaluation needs an embedded dataset (mnist, digits)")
+    if cfg.eval.every and source.origin is None:
+        raise ConfigError(
+            "eval.every",
+            "in-training evaluation needs images of an embedded dataset (mnist, digits), as pixels or "
+            "as latents prepared from it (fasterdit prepare --images mnist ...)",
+        )
     if source.is_latent and cfg.log.sample_every and not source.vae:
         raise UserError(f"{cfg.data.source}: latent data without a VAE in its manifest cannot be sampled")
     return recipe, source

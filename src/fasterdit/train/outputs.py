@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from fasterdit.data.vae import decode, load_vae
+from fasterdit.data.vae import latent_decoder
 from fasterdit.diffusion.sampling import sample
 from fasterdit.errors import UserError
 from fasterdit.eval import evaluate, evaluate_samples
@@ -83,27 +83,33 @@ class Outputs:
         return save_image_grid(x.cpu(), path, nrow=s.per_class, scale=min(scale, 4))
 
     def _decode(self, z: torch.Tensor) -> torch.Tensor | None:
+        """Latent samples -> images with the data's VAE (cropped back to the embedded digits' size when
+        the autoencoder saw them padded); None when the VAE cannot be loaded (no grids, training goes on)."""
         if self._vae is False:
             return None
         if self._vae is None:
-            vae = self.ctx.source.vae
+            vae, origin = self.ctx.source.vae, self.ctx.source.origin
             try:
-                self._vae = load_vae(vae, device=self.parts.device)
+                self._vae = latent_decoder(
+                    vae, self.parts.device, crop=origin.resolution if origin else None, batch_size=16
+                )
             except UserError as err:  # no diffusers / offline: training goes on without pictures
                 self.ctx.console.say(
                     f"warning: cannot decode latents with VAE {vae!r} ({err}); no sample grids"
                 )
                 self._vae = False
                 return None
-        return decode(self._vae, z, batch_size=16)
+        return self._vae(z)
 
     def evaluate(self, step: int) -> None:
         """``eval.every``: FID (and class accuracy) of the EMA model, logged as an ``eval`` record."""
         ctx = self.ctx
         e, s = ctx.cfg.eval, ctx.cfg.sample
         t0 = time.time()
+        origin = ctx.source.origin
+        assert origin is not None  # check_config refuses eval.every without one
         kwargs = dict(
-            dataset=ctx.cfg.data.source,
+            dataset=origin.dataset,
             num_samples=e.num_samples,
             sampler=e.sampler or s.sampler or ctx.recipe.sampler.name,
             steps=e.steps or s.steps,
@@ -115,7 +121,9 @@ class Outputs:
             if res is None:  # ranks > 0 sampled their share; rank 0 scores and logs
                 return
         else:
-            res = evaluate(self.parts.ema.model, ctx.recipe, device=self.parts.device, **kwargs)
+            decode = self._decode if ctx.source.is_latent else None
+            model, device = self.parts.ema.model, self.parts.device
+            res = evaluate(model, ctx.recipe, device=device, decode=decode, **kwargs)
         vals = {k: v for k, v in res.items() if isinstance(v, (int, float, str))}
         vals.setdefault("num_samples", e.num_samples)
         vals["eval_seconds"] = round(time.time() - t0, 2)
@@ -134,8 +142,9 @@ class Outputs:
         dist = self.ctx.dist
         settings = SampleSettings(num_samples, seed, sampler, steps, float(cfg_scale), label_mode="balanced")
         t0 = time.time()
+        decode = self._decode if self.ctx.source.is_latent else None
         got = sample_shared(self.parts.ema.model, self.ctx.recipe, settings, batch_size=250, dist=dist,
-                            abort=StopRequested)  # fmt: skip
+                            decode=decode, abort=StopRequested)  # fmt: skip
         if got is None:
             return None
         images, labels, nfe = got
