@@ -177,7 +177,7 @@ def time_trainer(
         if profile and step == total and "p" in prof_box:
             prof_box["p"].__exit__(None, None, None)
         if step == 1:
-            prof_box["model"] = tr.model
+            prof_box["model"] = tr.parts.model
 
     with tempfile.TemporaryDirectory() as d:
         tr = Trainer(cfg, d, install_signal_handlers=False, show_progress=False)

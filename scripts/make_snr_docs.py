@@ -15,13 +15,9 @@ import math
 import tempfile
 from pathlib import Path
 
-from fasterdit.diffusion.snr import (
-    default_window,
-    measure_data_std,
-    recommend_scale,
-    save_snr_plot,
-    snr_distribution,
-)
+from fasterdit.data.measure import measure_data_std
+from fasterdit.diffusion.snr import default_window, recommend_scale, snr_distribution
+from fasterdit.viz.snr import save_snr_plot
 
 ROOT = Path(__file__).resolve().parents[1]
 IMG = ROOT / "docs" / "img"

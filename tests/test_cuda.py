@@ -177,9 +177,10 @@ def test_trainer_bf16_losses_track_fp32(tmp_path):
     bf16 = Trainer(load_config("demo", [*ON_GPU, steps, "train.precision=auto"]), tmp_path / "bf16",
                    install_signal_handlers=False)  # fmt: skip
     r16 = bf16.run()
-    assert bf16.device.type == "cuda" and bf16.amp_dtype == torch.bfloat16 and fp32.amp_dtype is None
+    assert bf16.parts.device.type == "cuda" and bf16.parts.amp_dtype == torch.bfloat16
+    assert fp32.parts.amp_dtype is None
     assert torch.get_float32_matmul_precision() == "high"  # train.tf32 (default true) turned TF32 on
-    assert bf16.fused, "fused AdamW is the CUDA default"
+    assert bf16.parts.fused, "fused AdamW is the CUDA default"
     assert r16.skipped_steps == r32.skipped_steps == 0 and len(r16.losses) == len(r32.losses) == 5
     # the same initialisation and draws: the first loss differs by bf16 rounding only
     assert r16.losses[0] == pytest.approx(r32.losses[0], rel=1e-2)
@@ -203,25 +204,25 @@ def test_fused_adamw_skips_a_step_with_an_inf_gradient(tmp_path):
 
     def poison(step: int, terms):  # before the backward of step 3 (0-based 2): an inf in one gradient
         if step == 2:
-            handles.append(tr.model.final_layer.linear.weight.register_hook(_one_inf))
+            handles.append(tr.parts.model.final_layer.linear.weight.register_hook(_one_inf))
         return terms
 
     def snapshot(trainer, step: int) -> None:
         while handles:
             handles.pop().remove()
-        w = trainer.model.final_layer.linear.weight
-        state = trainer.opt.state[w]
+        w = trainer.parts.model.final_layer.linear.weight
+        state = trainer.parts.opt.state[w]
         snaps[step] = (
-            _cpu(trainer.model.state_dict()),
-            _cpu(trainer.ema.state_dict()),
-            [trainer.opt.state[p]["step"].detach().cpu().clone() for p in trainer.params],
+            _cpu(trainer.parts.model.state_dict()),
+            _cpu(trainer.parts.ema.state_dict()),
+            [trainer.parts.opt.state[p]["step"].detach().cpu().clone() for p in trainer.parts.params],
             state["exp_avg"].detach().cpu().clone(),
             state["exp_avg_sq"].detach().cpu().clone(),
         )
 
     tr.loss_hook, tr.after_step_hook = poison, snapshot
     res = tr.run()
-    assert tr.fused and tr.device.type == "cuda"
+    assert tr.parts.fused and tr.parts.device.type == "cuda"
     assert res.step == 4 and res.skipped_steps == 1
     assert all(math.isfinite(v) for v in res.losses), "only the gradient was poisoned, not the loss"
     (m2, e2, s2, a2, v2), (m3, e3, s3, a3, v3) = snaps[2], snaps[3]
@@ -244,11 +245,11 @@ def test_gpu_checkpoint_and_ema_load_and_resume_on_cpu(tmp_path):
 
     def initial(step: int, terms):  # before the first update: the weights the EMA starts from
         if step == 0:
-            weights[0] = _cpu(tr.model.state_dict())
+            weights[0] = _cpu(tr.parts.model.state_dict())
         return terms
 
     tr.loss_hook = initial
-    tr.after_step_hook = lambda trainer, step: weights.__setitem__(step, _cpu(trainer.model.state_dict()))
+    tr.after_step_hook = lambda t, step: weights.__setitem__(step, _cpu(t.parts.model.state_dict()))
     tr.run()
     ref = {k: v.double() for k, v in weights[0].items()}
     for step in range(1, 5):  # the EMA recomputed in float64: ema <- 0.9·ema + 0.1·θ_step
@@ -269,7 +270,7 @@ def test_gpu_checkpoint_and_ema_load_and_resume_on_cpu(tmp_path):
     res = cpu.run()
     assert cpu.device.type == "cpu" and res.step == 5 and len(res.losses) == 1
     assert math.isfinite(res.losses[0]) and res.skipped_steps == 0
-    assert cpu.opt.state[cpu.params[0]]["exp_avg"].device.type == "cpu"
+    assert cpu.parts.opt.state[cpu.parts.params[0]]["exp_avg"].device.type == "cpu"
 
 
 # --------------------------------------------------------------------------------------------- SDPA
@@ -318,20 +319,20 @@ def test_compiled_step_is_one_graph_and_trains_like_eager(tmp_path):
     tr = Trainer(load_config("demo", [*base, "train.compile=true"]), tmp_path / "compiled",
                  install_signal_handlers=False)  # fmt: skip
     compiled = tr.run()  # inductor: Triton kernels on the GPU
-    assert tr._compiled_loss is not None, "one process: the loss and the DiT are compiled together"
+    assert tr.parts.compiled, "one process: the loss and the DiT are compiled together"
     assert compiled.skipped_steps == 0
     assert compiled.losses == pytest.approx(eager.losses, rel=2e-2)  # bf16 rounding, fused differently
 
     # the function the trainer compiles, at the trainer's own inputs, is a single graph
     n = 16
-    x, y = tr.source.get_batch(torch.arange(n, device="cuda"))
+    x, y = tr.ctx.source.get_batch(torch.arange(n, device="cuda"))
     g = torch.Generator(device="cuda").manual_seed(0)
-    t = tr.recipe.timestep_sampler_obj.sample(n, generator=g, device=tr.device)
+    t = tr.ctx.recipe.timestep_sampler_obj.sample(n, generator=g, device=tr.parts.device)
     noise = torch.randn(x.shape, generator=g, device="cuda")
     drop = torch.zeros(n, dtype=torch.long, device="cuda")
     torch._dynamo.reset()
     with torch.autocast("cuda", dtype=torch.bfloat16):
-        explanation = torch._dynamo.explain(tr._loss_terms)(x, y, t, noise, drop)
+        explanation = torch._dynamo.explain(tr.parts.loss_terms)(x, y, t, noise, drop)
     assert explanation.graph_break_count == 0, explanation.break_reasons
     assert explanation.graph_count == 1
     torch._dynamo.reset()

@@ -15,7 +15,7 @@ import torch
 
 from fasterdit.eval import evaluate_samples
 from fasterdit.eval.sample_job import SampleSettings, sample_shared
-from fasterdit.train.data_source import derive_seed
+from fasterdit.train.data_order import derive_seed
 from fasterdit.train.distributed import DistInfo
 from fasterdit.train.loading import load_trained
 from fasterdit.train.logging import read_metrics

@@ -151,11 +151,11 @@ def test_synthetic_latent_set_statistics_match_its_draws(bench, tmp_path):
     g = torch.Generator().manual_seed(0)
     x = torch.cat([ds.get_batch(torch.arange(300), g)[0] for _ in range(20)]).double()
     # the manifest's statistics are those of the latents the reader draws (Monte Carlo: 96,000 values)
-    torch.testing.assert_close(x.mean(dim=(0, 2, 3)), torch.tensor(ds.channel_mean, dtype=torch.float64),
+    torch.testing.assert_close(x.mean(dim=(0, 2, 3)), torch.tensor(ds.stats.mean, dtype=torch.float64),
                                atol=0.02, rtol=0)  # fmt: skip
-    torch.testing.assert_close(x.std(dim=(0, 2, 3)), torch.tensor(ds.channel_std, dtype=torch.float64),
+    torch.testing.assert_close(x.std(dim=(0, 2, 3)), torch.tensor(ds.stats.std, dtype=torch.float64),
                                rtol=0.02, atol=0)  # fmt: skip
-    assert min(ds.channel_std) > 0.5 and max(ds.channel_std) < 1.5  # about unit std, like SD latents
+    assert min(ds.stats.std) > 0.5 and max(ds.stats.std) < 1.5  # about unit std, like SD latents
     labels = ds.get_batch(torch.arange(300), g)[1]
     assert labels.min() >= 0 and labels.max() < 5
 

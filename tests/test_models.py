@@ -6,15 +6,18 @@ from __future__ import annotations
 
 import argparse
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
+from fasterdit.diffusion import get_preset
 from fasterdit.errors import ConfigError, DataError, UserError
 from fasterdit.models import CONFIGS, DiT, create_model, infer_official_config, load_official_checkpoint
 from fasterdit.models.dit import Attention, sincos_pos_embed_2d
+from fasterdit.train.step import draw_global
 
 OFFICIAL = [f"DiT-{s}/{p}" for s in ("XL", "L", "B", "S") for p in (2, 4, 8)]
 ARCH = {"XL": (28, 1152, 16), "L": (24, 1024, 16), "B": (12, 768, 12), "S": (12, 384, 6)}  # Table 1
@@ -340,6 +343,13 @@ def test_cfg_errors():
         small(num_classes=0).forward_with_cfg(x, t, y, 2.0)
 
 
+def _drop_mask(model: DiT, n: int, seed: int) -> torch.Tensor | None:
+    """The trainer's label-dropout mask for a global batch of ``n`` (the one place training draws it)."""
+    data = SimpleNamespace(channels=model.in_channels, resolution=model.input_size[0])
+    g = torch.Generator().manual_seed(seed)
+    return draw_global(get_preset("dit"), data, model, g, torch.device("cpu"), n).drop
+
+
 def test_label_dropout():
     model = small().double().train()
     x, t, y = inputs(model, 6)
@@ -347,21 +357,26 @@ def test_label_dropout():
     out = model(x, t, y, force_drop_ids=drop)
     ref = model.eval()(x, t, torch.where(drop == 1, model.num_classes, y))
     torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
-    # random dropout: reproducible from a generator, at the configured rate, off in eval mode
+    # the trainer's dropout mask: reproducible from its generator, at the configured rate
     emb = model.y_embedder
     labels = torch.zeros(20000, dtype=torch.long)
-    a = emb.token_drop(labels, generator=torch.Generator().manual_seed(3))
-    b = emb.token_drop(labels, generator=torch.Generator().manual_seed(3))
-    assert torch.equal(a, b)
-    rate = (a == model.num_classes).float().mean().item()
+    a, b = _drop_mask(model, 20000, seed=3), _drop_mask(model, 20000, seed=3)
+    assert a is not None and a.dtype == torch.long and torch.equal(a, b)
+    rate = (a == 1).float().mean().item()
     assert abs(rate - 0.1) < 4 * math.sqrt(0.1 * 0.9 / 20000)
-    ids = model.label_drop_ids(labels, torch.Generator().manual_seed(3))
-    assert torch.equal(ids == 1, a == model.num_classes)
+    assert torch.equal(emb.token_drop(labels, a) == model.num_classes, a == 1)  # the model applies it as is
+    # without a mask, training mode drops at random from the global RNG (the official semantics)
+    torch.manual_seed(3)
+    c = emb.token_drop(labels)
+    torch.manual_seed(3)
+    assert torch.equal(c, emb.token_drop(labels))
+    rate = (c == model.num_classes).float().mean().item()
+    assert abs(rate - 0.1) < 4 * math.sqrt(0.1 * 0.9 / 20000)
     torch.testing.assert_close(model.eval()(x, t, y), model(x, t, y))
     # without a null row (class_dropout_prob=0, as official) labels cannot be dropped
     nonull = small(class_dropout_prob=0.0)
     assert nonull.y_embedder.embedding_table.num_embeddings == 5
-    assert nonull.label_drop_ids(y) is None
+    assert _drop_mask(nonull, 6, seed=0) is None
     with pytest.raises(ConfigError, match="null class"):
         nonull(x.float(), t, y, force_drop_ids=drop)
 
@@ -373,7 +388,7 @@ def test_unconditional(num_classes):
     assert not any(k.startswith("y_embedder") for k in model.state_dict())
     x, t, y = inputs(model)
     torch.testing.assert_close(model(x, t), model(x, t, y))
-    assert model.label_drop_ids(y) is None
+    assert _drop_mask(model, 4, seed=0) is None
 
 
 def test_gradient_checkpointing_gives_identical_gradients():
@@ -516,7 +531,7 @@ def test_torch_compile_fullgraph():
     compiled_block(tokens, c).sum().backward()
 
     x, t, y = inputs(model)
-    drop = model.label_drop_ids(y, torch.Generator().manual_seed(0))
+    drop = _drop_mask(model, len(y), seed=0)
     ref = model(x, t, y, force_drop_ids=drop)
     model.grad_checkpointing = True
     compiled = torch.compile(model, fullgraph=True, backend="eager")

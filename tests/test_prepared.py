@@ -90,7 +90,7 @@ def test_latent_batch_is_a_fresh_scaled_draw(tmp_path):
     ds = PreparedDataset(tmp_path)
     assert len(ds) == 12 and ds.channels == C and ds.resolution == R and ds.image_resolution == 8 * R
     assert ds.is_latent and ds.vae == "some/vae" and ds.num_classes == 3
-    assert ds.channel_mean == [0.0] * C and ds.channel_std == [1.0] * C
+    assert ds.stats.mean == (0.0,) * C and ds.stats.std == (1.0,) * C
     idx = torch.tensor([11, 0, 4, 5, 5, 9])  # across shards, unsorted, with a repeat
     g = torch.Generator().manual_seed(3)
     x, y = ds.get_batch(idx, g)

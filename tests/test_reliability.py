@@ -117,7 +117,7 @@ def test_non_finite_weights_are_never_checkpointed(tmp_path):
 
     def poison(t: Trainer, step: int) -> None:
         if step == 3:  # the loss stays finite (the EMA is not trained on), the EMA weights are NaN
-            next(t.ema.model.parameters()).data.fill_(float("nan"))
+            next(t.parts.ema.model.parameters()).data.fill_(float("nan"))
 
     tr.after_step_hook = poison
     with pytest.raises(TrainingAborted) as info:
@@ -142,7 +142,7 @@ def test_abort_message_does_not_call_a_damaged_checkpoint_intact(tmp_path):
 
     def damage(t: Trainer, step: int) -> None:
         if step == 4:
-            flip_byte(t.last_ckpt / "model.safetensors")
+            flip_byte(t.state.last_ckpt / "model.safetensors")
 
     tr.after_step_hook = damage
     tr.loss_hook = lambda step, terms: dict(terms, loss=terms["loss"] * float("inf")) if step >= 4 else terms
@@ -434,11 +434,11 @@ def _signal_after_forwards(tr: Trainer, n: int) -> None:
     def count(_m, _a, _o):
         calls["n"] += 1
         if calls["n"] == n:
-            tr._stop_signal = "SIGTERM"
+            tr.stop.request("SIGTERM")
 
     def install(step, terms):
         if step == 0:
-            tr.ema.model.register_forward_hook(count)
+            tr.parts.ema.model.register_forward_hook(count)
         return terms
 
     tr.loss_hook = install

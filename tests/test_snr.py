@@ -14,6 +14,7 @@ from scipy import stats as sps
 
 from fasterdit.cli import main
 from fasterdit.data.embedded import load_embedded
+from fasterdit.data.measure import measure_data_std
 from fasterdit.data.stats import RunningStats
 from fasterdit.diffusion.recipe import Recipe, get_preset
 from fasterdit.diffusion.scaling import DataScaling
@@ -22,14 +23,13 @@ from fasterdit.diffusion.snr import (
     NATS_TO_DB,
     LogSNRDistribution,
     default_window,
-    measure_data_std,
     recommend_scale,
-    save_snr_plot,
     snr_distribution,
     snr_distributions,
 )
 from fasterdit.diffusion.timesteps import get_timestep_sampler
 from fasterdit.errors import ConfigError, DataError
+from fasterdit.viz.snr import save_snr_plot
 
 LEVELS = (0.05, 0.25, 0.5, 0.75, 0.95)
 

@@ -32,7 +32,7 @@ def test_compiled_step_trains_the_same_weights_as_eager(tmp_path, recipe):
     tr, compiled = train(
         tmp_path / "compiled", f"recipe={recipe}", "train.compile=true", "train.compile_backend=aot_eager"
     )
-    assert tr._compiled_loss is not None, "one process: the loss and the model are compiled together"
+    assert tr.parts.compiled, "one process: the loss and the model are compiled together"
     assert eager.keys() == compiled.keys()
     for k in eager:
         torch.testing.assert_close(compiled[k], eager[k], rtol=1e-4, atol=1e-5, msg=k)

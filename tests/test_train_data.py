@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from fasterdit.cli import main
-from fasterdit.train.data_source import open_source
+from fasterdit.data.source import open_source
 
 
 def _image_folder(root, n=6, size=12):

@@ -80,8 +80,7 @@ def test_two_process_ddp_matches_one_process(tmp_path):
             torch.testing.assert_close(sb[k], sa[k], rtol=1e-4, atol=1e-5, msg=f"{which}.{k}")
     # and training did move the weights (the comparison is not between two initialisations)
     init = Trainer(load_config("demo", ARGS), tmp_path / "init", install_signal_handlers=False)
-    init._setup()
-    w0 = init.model.state_dict()["final_layer.linear.weight"]
+    w0 = init._setup().model.state_dict()["final_layer.linear.weight"]
     assert float((ck.load_tensors(b, "model")["final_layer.linear.weight"] - w0).abs().max()) > 1e-6
 
 

@@ -33,7 +33,7 @@ def run(run_dir: Path, steps: int, *extra: str, stop_at: int | None = None, **kw
 
         def hook(t: Trainer, step: int) -> None:
             if step == stop_at:
-                t._stop_signal = "SIGTERM"  # what the handler does on a real signal
+                t.stop.request("SIGTERM")  # what the handler does on a real signal
 
         tr.after_step_hook = hook
     return tr, tr.run()
@@ -81,7 +81,7 @@ def test_stop_and_resume_is_exact(tmp_path, straight):
 
 
 def test_epoch_boundary_and_world_size_independent_data_order():
-    from fasterdit.train.data_source import IndexStream
+    from fasterdit.train.data_order import IndexStream
 
     s = IndexStream(10, seed=3)
     seq = s.take(0, 25)
@@ -181,8 +181,8 @@ def test_nan_loss_is_skipped_and_counted(tmp_path):
 
     def snap(t, step):
         snapshots[step] = (
-            {k: v.clone() for k, v in t.model.state_dict().items()},
-            {k: v.clone() for k, v in t.ema.state_dict().items()},
+            {k: v.clone() for k, v in t.parts.model.state_dict().items()},
+            {k: v.clone() for k, v in t.parts.ema.state_dict().items()},
         )
 
     tr.loss_hook, tr.after_step_hook = nan_at_3, snap
@@ -191,7 +191,8 @@ def test_nan_loss_is_skipped_and_counted(tmp_path):
     for part in (0, 1):  # weights and EMA untouched by the skipped step, changed by the others
         assert all(torch.equal(snapshots[3][part][k], snapshots[2][part][k]) for k in snapshots[2][part])
         assert not all(torch.equal(snapshots[4][part][k], snapshots[3][part][k]) for k in snapshots[3][part])
-    assert tr.opt.state[tr.params[0]]["step"].item() == 3  # AdamW's bias-correction count skipped it too
+    # AdamW's bias-correction count skipped it too
+    assert tr.parts.opt.state[tr.parts.params[0]]["step"].item() == 3
     from fasterdit.train.logging import read_metrics
 
     assert sum(r["skipped"] for r in read_metrics(tmp_path, "train")) == 1

@@ -134,7 +134,9 @@ def _load(spec: str, option: str) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
+    from fasterdit.data.measure import measure_data_std
     from fasterdit.diffusion import snr
+    from fasterdit.viz.snr import save_snr_plot
 
     if args.data is not None and args.data_std is not None:
         raise ConfigError("--data", "give either --data (measure the std) or --data-std (state it), not both")
@@ -151,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
 
     measured = None
     if args.data is not None:
-        measured = snr.measure_data_std(args.data, resolution=args.resolution)
+        measured = measure_data_std(args.data, resolution=args.resolution)
         stds: list[Any] = [measured]
     else:
         if args.per_channel:
@@ -189,7 +191,7 @@ def run(args: argparse.Namespace) -> int:
 
     plot_path = None
     if args.out:
-        plot_path = str(snr.save_snr_plot(dists, None, args.out, window=window, title=args.title, units=u))
+        plot_path = str(save_snr_plot(dists, None, args.out, window=window, title=args.title, units=u))
 
     result: dict[str, Any] = {
         "units": u,

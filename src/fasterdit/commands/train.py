@@ -108,10 +108,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _dry_run(cfg, args: argparse.Namespace) -> int:
+    from fasterdit.data.source import open_source
     from fasterdit.models.cost import estimate_cost
     from fasterdit.train.build import ShapeOnly, build_recipe, check_expected_shape, model_kwargs
     from fasterdit.train.config import check_world
-    from fasterdit.train.data_source import open_source
 
     world = args.gpus or int(os.environ.get("WORLD_SIZE", "1"))
     cfg.validate()

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from fasterdit.data.embedded import Origin
+from fasterdit.data.stats import DataStats
 from fasterdit.errors import DataError
 
 FORMAT_VERSION = 1
@@ -206,8 +207,7 @@ class PreparedDataset:
         self.channels = int(m["channels"])
         self.num_classes = int(m["num_classes"])
         self.class_to_idx: dict[str, int] = dict(m["class_to_idx"])
-        self.channel_mean: list[float] = [float(v) for v in m["channel_mean"]]
-        self.channel_std: list[float] = [float(v) for v in m["channel_std"]]
+        self.stats = DataStats.of(m["channel_mean"], m["channel_std"])  # measured by ``fasterdit prepare``
         self.origin: Origin | None = Origin.from_dict(m.get("origin"))
         self.flip_mode = m.get("flip", "none")
         if self.flip_mode not in FLIP_MODES:

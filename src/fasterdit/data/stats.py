@@ -16,18 +16,69 @@ statistics, chunks of a shard, and ranks of a distributed job all merge into the
 single pass over all the data would give. Everything is accumulated in float64 even for bf16/fp16
 inputs. Variances are population variances (``ddof = 0``, as ``numpy.var``): the data std that
 enters the SNR is a property of the distribution, not an unbiased estimate from a sample.
+
+What the rest of the library reads is one :class:`DataStats` value (per-channel mean and std, measured
+once by the data source), and its :attr:`DataStats.pooled_std` is the one pooled-std formula: the
+recipe's ``std`` scaling, the SNR analyser and the run's summary all take it from there.
 """
 
 from __future__ import annotations
 
-import math
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-__all__ = ["RunningStats"]
+__all__ = ["DataStats", "RunningStats", "pooled_std"]
+
+
+def pooled_std(mean: Sequence[float], std: Sequence[float]) -> float:
+    """THE pooled std: the std of all values of all channels together, from per-channel population
+    mean and std (equal counts per channel)::
+
+        pooled² = mean_c(std_c² + mean_c²) − (mean_c mean_c)²
+
+    i.e. the second moment minus the squared mean, which is the within-channel spread plus the spread of
+    the channel means (what ``x.std(correction=0)`` over the whole dataset gives). Every pooled std in
+    the library is this function.
+    """
+    n = len(std)
+    m = sum(mean) / n
+    second = sum(s * s + mu * mu for mu, s in zip(mean, std)) / n
+    return max(second - m * m, 0.0) ** 0.5
+
+
+@dataclass(frozen=True)
+class DataStats:
+    """The data's measured statistics in data space (before the recipe's scaling), per channel."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        if not self.std or len(self.mean) != len(self.std):
+            raise ValueError(f"DataStats needs equal-length, non-empty mean and std: {self.mean}, {self.std}")
+
+    @classmethod
+    def of(cls, mean: Sequence[float], std: Sequence[float]) -> DataStats:
+        return cls(tuple(float(v) for v in mean), tuple(float(v) for v in std))
+
+    @classmethod
+    def from_stds(cls, std: Sequence[float]) -> DataStats:
+        """Only the channel stds are known: the channel means are taken as equal (their spread is 0)."""
+        return cls.of([0.0] * len(std), std)
+
+    @property
+    def channels(self) -> int:
+        return len(self.std)
+
+    @property
+    def pooled_std(self) -> float:
+        """The std of all values together (:func:`pooled_std`)."""
+        return pooled_std(self.mean, self.std)
 
 
 class RunningStats:
@@ -141,8 +192,14 @@ class RunningStats:
 
     @property
     def pooled_std(self) -> float:
-        """Standard deviation of all values of all channels together (``x.std(unbiased=False)``)."""
-        return math.sqrt(self.pooled_var)
+        """Standard deviation of all values of all channels together (``x.std(unbiased=False)``), by the
+        one formula of :func:`pooled_std`."""
+        return self.data_stats().pooled_std
+
+    def data_stats(self) -> DataStats:
+        """The measured statistics as the value the rest of the library reads."""
+        self._require_data()
+        return DataStats.of(self.mean.tolist(), self.std.tolist())
 
     # ---------------------------------------------------------- distributed
     def all_reduce(self, group: Any = None) -> RunningStats:

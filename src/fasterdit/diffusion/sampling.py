@@ -31,6 +31,7 @@ from fasterdit.diffusion.sampling_base import ModelFn, Network, NoiseSource, Per
 from fasterdit.diffusion.sampling_ddpm import ddim, ddpm, space_timesteps
 from fasterdit.diffusion.sampling_ode import dopri5, euler, euler_maruyama, heun
 from fasterdit.errors import ConfigError
+from fasterdit.guidance import cfg_mix, guided_channels
 
 if TYPE_CHECKING:  # the recipe module imports this one (for the sampler names)
     from fasterdit.diffusion.recipe import Recipe
@@ -144,11 +145,8 @@ def guided_model_fn(
         out = model(torch.cat([x, x]), torch.cat([t_model, t_model]), torch.cat([labels, null]))
         out = recipe.network_output(out)  # a sign flip commutes with the guidance mix below
         cond, uncond = out.chunk(2)
-        g = x.shape[1] if guide_channels is None else int(guide_channels)
-        if g > out.shape[1]:
-            raise ConfigError("guide_channels", f"{g} exceeds the model's {out.shape[1]} output channels")
-        mixed = uncond[:, :g] + cfg_scale * (cond[:, :g] - uncond[:, :g])
-        result = torch.cat([mixed, cond[:, g:]], dim=1)
+        g = guided_channels(guide_channels, x.shape[1], out.shape[1])
+        result = torch.cat([cfg_mix(cond, uncond, cfg_scale, g), cond[:, g:]], dim=1)
         keep = mask.view(-1, *([1] * (out.ndim - 1)))
         return torch.where(keep, result, cond)
 

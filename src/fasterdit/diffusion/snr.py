@@ -20,8 +20,14 @@ given data std), so the PDF is that of the data the model trains on — a recipe
 its data (FasterDiT's preset) shows the same PDF for any raw data std, which is the point of the
 "std modulation". Per-channel stds give either one curve per channel (``per_channel=True``) or one
 curve for the pooled std of all channels (default; a RunningStats gives the exact pooled std,
-a bare list of channel stds the root-mean-square ``√mean(s_c²)``, which ignores differences between
-channel means).
+a bare list of channel stds the same formula with equal channel means, ``√mean(s_c²)``; see
+:func:`fasterdit.data.stats.pooled_std`).
+
+Why one module of ~700 lines: the law (:class:`LogSNRDistribution`, its exact density, CDF and
+summaries), the recipe adapters and the scale recommendation that inverts the law share the private
+grid and std helpers; the dataset reading and the figure, which did not, live elsewhere. Where the rest
+lives: reading a dataset's std is :func:`fasterdit.data.measure.measure_data_std`, the
+figure is :func:`fasterdit.viz.snr.save_snr_plot`.
 
 Discrete DDPM samplers (index i uniform in 0..N−1, t = (i+1)/N) are treated through their continuous
 relaxation: each grid time stands for the bin ((i)/N, (i+1)/N], i.e. t ~ U(0, 1] pushed through the
@@ -35,11 +41,9 @@ mode and the mean — by exactly ``2·ln k``; :func:`recommend_scale` inverts th
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import weakref
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -47,13 +51,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 
-from fasterdit.data.embedded import EMBEDDED, load_embedded
-from fasterdit.data.folder import ImageFolder, scan_folder
-from fasterdit.data.stats import RunningStats
+from fasterdit.data.stats import DataStats, RunningStats
 from fasterdit.diffusion.recipe import load_recipe
-from fasterdit.errors import ConfigError, DataError
+from fasterdit.errors import ConfigError
 
 __all__ = [
     "NATS_TO_DB",
@@ -61,13 +62,14 @@ __all__ = [
     "LogSNRDistribution",
     "SNRSummary",
     "ScaleRecommendation",
+    "check_window",
     "default_window",
     "effective_stds",
-    "measure_data_std",
+    "is_schedule_pair",
     "recommend_scale",
-    "save_snr_plot",
     "snr_distribution",
     "snr_distributions",
+    "unit_factor",
 ]
 
 NATS_TO_DB = 10.0 / math.log(10.0)  # λ[dB] = NATS_TO_DB · λ[nats]
@@ -83,7 +85,7 @@ _BASE_GRIDS: weakref.WeakKeyDictionary[Any, dict[int, tuple[Any, tuple[np.ndarra
 # ----------------------------------------------------------------------------------------- helpers
 
 
-def _unit_factor(units: str) -> float:
+def unit_factor(units: str) -> float:
     if units not in UNITS:
         raise ConfigError("units", f"must be one of {', '.join(UNITS)}, got {units!r}")
     return 1.0 if units == "nats" else NATS_TO_DB
@@ -99,7 +101,7 @@ def _check_std(value: Any, field_name: str = "data_std") -> float:
     return v
 
 
-def _check_window(window: Any, field_name: str = "window") -> tuple[float, float] | None:
+def check_window(window: Any, field_name: str = "window") -> tuple[float, float] | None:
     if window is None:
         return None
     try:
@@ -162,7 +164,7 @@ class SNRSummary:
         return self.quantiles[0.5]
 
     def to_dict(self, units: str = "nats") -> dict[str, Any]:
-        f = _unit_factor(units)
+        f = unit_factor(units)
         u = units
         out: dict[str, Any] = {
             f"mode_{u}": self.mode * f,
@@ -347,7 +349,7 @@ class LogSNRDistribution:
         self, window: tuple[float, float] | None = None, levels: Sequence[float] = QUANTILE_LEVELS
     ) -> SNRSummary:
         """Mode, mean, std (grid), quantiles and window mass (exact CDF); all in nats."""
-        window = _check_window(window)
+        window = check_window(window)
         lam, p = self._grid()
         mass = float(np.trapezoid(p, lam))
         mean = float(np.trapezoid(lam * p, lam) / mass)
@@ -449,16 +451,19 @@ def _scaling_note(scaling: Any) -> str:
     return f"per-channel std→{scaling.target_std:g}"
 
 
-def _is_pair(obj: Any) -> bool:
+def is_schedule_pair(obj: Any) -> bool:
     """A ``(schedule, timestep_sampler)`` pair rather than a recipe (or a tuple of recipes)."""
     return isinstance(obj, tuple) and len(obj) == 2 and hasattr(obj[0], "log_snr") and hasattr(obj[1], "pdf")
 
 
 def _pooled_and_channels(data_std: Any) -> tuple[float, list[float] | None]:
-    """(pooled std, per-channel stds or None) from a number, a sequence/tensor of channel stds, or a
-    RunningStats (exact pooled std incl. the spread of the channel means)."""
+    """(pooled std, per-channel stds or None) from a number, a sequence/tensor of channel stds, a
+    DataStats or a RunningStats. The pooled std is always ``DataStats.pooled_std`` (the library's one
+    formula); from channel stds alone the channel means count as equal."""
     if isinstance(data_std, RunningStats):
-        return _check_std(data_std.pooled_std), [_check_std(v) for v in data_std.std.tolist()]
+        data_std = data_std.data_stats()
+    if isinstance(data_std, DataStats):  # measured: the channel stds are always reported
+        return _check_std(data_std.pooled_std), [_check_std(v) for v in data_std.std]
     if isinstance(data_std, torch.Tensor):
         data_std = data_std.detach().double().flatten().tolist()
     if isinstance(data_std, np.ndarray):
@@ -469,7 +474,7 @@ def _pooled_and_channels(data_std: Any) -> tuple[float, list[float] | None]:
         chans = [_check_std(v) for v in data_std]
         if len(chans) == 1:
             return chans[0], None
-        return math.sqrt(sum(s * s for s in chans) / len(chans)), chans
+        return _check_std(DataStats.from_stds(chans).pooled_std), chans
     return _check_std(data_std), None
 
 
@@ -521,7 +526,7 @@ def snr_distributions(
         timesteps: override the recipe's timestep sampler (an object with ``pdf``/``cdf``/``sample``).
         label: legend label (default: the recipe's name).
     """
-    if _is_pair(recipe):
+    if is_schedule_pair(recipe):
         schedule, sampler, scaling, name = recipe[0], recipe[1], None, "custom"
     else:
         r = _load_recipe(recipe)
@@ -595,7 +600,7 @@ class ScaleRecommendation:
     window: tuple[float, float] | None
 
     def to_dict(self, units: str = "nats") -> dict[str, Any]:
-        f = _unit_factor(units)
+        f = unit_factor(units)
         out = {
             "recipe": self.label,
             "k": self.k,
@@ -695,9 +700,9 @@ def recommend_scale(
         rs = ref.summary()
         shift = {"median": rs.median, "mean": rs.mean, "mode": rs.mode}[method] - stat[method]
         target = f"{method} of {ref.label} (effective std {ref.effective_std:.4g})"
-        window = _check_window(window)
+        window = check_window(window)
     else:
-        window = _check_window(window) or default_window()
+        window = check_window(window) or default_window()
         if method == "mass":
             shift = _best_shift_for_window(dist, window)
             target = "maximum mass in window"
@@ -722,316 +727,3 @@ def recommend_scale(
         mass_in_window_after=after.mass_between(*window) if window else None,
         window=window,
     )
-
-
-# ------------------------------------------------------------------------------ measuring the std
-
-_NPY_KEYS = ("x", "images", "latents", "data", "arr_0")
-
-
-def _update_images_from_folder(
-    stats: RunningStats, root: Path, resolution: int | None, limit: int | None
-) -> None:
-    if resolution is not None:  # exactly what training sees: the DiT centre crop at that resolution
-        ds = ImageFolder(root, int(resolution), on_error="raise")
-        n = len(ds) if limit is None else min(len(ds), limit)
-        for i in range(n):
-            x, _ = ds.load(i)
-            stats.update(x.unsqueeze(0))
-        return
-    files, _, _, _ = scan_folder(root)
-    for path in files[: limit or None]:
-        try:
-            with Image.open(path) as img:
-                arr = np.asarray(img.convert("RGB"), dtype=np.float64)
-        except OSError as err:
-            raise DataError(f"{path}: cannot read the image ({err})") from None
-        stats.update(arr[None] / 127.5 - 1.0, channel_dim=-1)
-
-
-def _update_from_array(
-    stats: RunningStats, arr: np.ndarray, name: str, channel_dim: int | None, chunk: int
-) -> None:
-    if arr.ndim == 0 or arr.shape[0] == 0:
-        raise DataError(f"{name}: expected an array of items (N, ...), got shape {arr.shape}")
-    if channel_dim is None:
-        if arr.ndim == 4:  # (N,C,H,W) unless the last axis looks like RGB(A)/gray and axis 1 does not
-            channel_dim = -1 if (arr.shape[-1] in (1, 3, 4) and arr.shape[1] not in (1, 3, 4)) else 1
-        elif arr.ndim == 3:
-            channel_dim = None  # (N, H, W): one channel
-        else:
-            channel_dim = 1 if arr.ndim >= 2 else None
-    is_uint8 = arr.dtype == np.uint8
-    for a in range(0, arr.shape[0], chunk):
-        block = np.asarray(arr[a : a + chunk], dtype=np.float64)
-        if is_uint8:  # 8-bit images: the [-1, 1] range the models are trained on
-            block = block / 127.5 - 1.0
-        if channel_dim is None:
-            stats.update(block, channel_dim=None)
-        else:
-            stats.update(block, channel_dim=channel_dim)
-
-
-def measure_data_std(
-    source: str | os.PathLike,
-    *,
-    resolution: int | None = None,
-    channel_dim: int | None = None,
-    limit: int | None = None,
-    chunk: int = 256,
-) -> RunningStats:
-    """Per-channel mean/std of a dataset, streamed (never all in memory). Returns a RunningStats.
-
-    ``source`` is one of:
-
-    * an embedded dataset name, ``"mnist"`` or ``"digits"`` (the training split, pixels in [-1, 1]);
-    * a prepared-data folder (or its ``manifest.json``): the exact statistics ``fasterdit prepare``
-      stored (``channel_mean``/``channel_std``) are read, nothing is recomputed;
-    * an image folder: images converted to RGB and scaled to [-1, 1], at native size, or centre-cropped
-      to ``resolution`` (what training sees) when given;
-    * a ``.npy`` file (memory-mapped, read in chunks of ``chunk`` items) or ``.npz`` archive (its
-      ``x``/``images``/``latents``/``data`` array, or the only one). uint8 arrays are 8-bit images
-      and mapped to [-1, 1]; float arrays are used as they are. Layout ``(N, C, H, W)`` unless the
-      last axis has 1/3/4 entries and axis 1 does not (then channels-last); ``(N, H, W)`` is one
-      channel; ``channel_dim`` overrides the guess.
-
-    ``limit`` caps the number of items (images / array rows) for a quick estimate.
-    """
-    stats = RunningStats()
-    src = os.fspath(source)
-    if src in EMBEDDED:
-        x, _ = load_embedded(src, "train")
-        if limit is not None:
-            x = x[:limit]
-        for a in range(0, len(x), chunk):
-            stats.update(x[a : a + chunk])
-        return stats
-    path = Path(src).expanduser()
-    if not path.exists():
-        raise DataError(
-            f"data not found: {src!r} is neither an embedded dataset ({', '.join(EMBEDDED)}) "
-            "nor an existing path"
-        )
-    manifest = path if path.name == "manifest.json" else path / "manifest.json"
-    if manifest.is_file():
-        return _stats_from_manifest(manifest)
-    if path.is_dir():
-        _update_images_from_folder(stats, path, resolution, limit)
-    elif path.suffix == ".npy":
-        try:
-            arr = np.load(path, mmap_mode="r")
-        except (OSError, ValueError) as err:
-            raise DataError(f"{path}: cannot read the .npy file ({err})") from None
-        _update_from_array(stats, arr[:limit] if limit else arr, str(path), channel_dim, chunk)
-    elif path.suffix == ".npz":
-        try:
-            with np.load(path) as z:
-                keys = list(z.keys())
-                key = next((k for k in _NPY_KEYS if k in keys), keys[0] if len(keys) == 1 else None)
-                if key is None:
-                    raise DataError(f"{path}: which array? it holds {keys}; name one of them {_NPY_KEYS[:4]}")
-                arr = z[key]  # npz members are decompressed one at a time; only this one is read
-        except (OSError, ValueError) as err:
-            raise DataError(f"{path}: cannot read the .npz file ({err})") from None
-        _update_from_array(stats, arr[:limit] if limit else arr, f"{path}[{key}]", channel_dim, chunk)
-    else:
-        raise DataError(
-            f"{path}: not a dataset this command can read (an image folder, a prepared folder with "
-            "manifest.json, a .npy/.npz file, or mnist/digits)"
-        )
-    if stats.count == 0:
-        raise DataError(f"{path}: no data found")
-    return stats
-
-
-def _stats_from_manifest(manifest: Path) -> RunningStats:
-    try:
-        m = json.loads(manifest.read_text())
-        mean = [float(v) for v in m["channel_mean"]]
-        std = [float(v) for v in m["channel_std"]]
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise DataError(f"{manifest}: cannot read channel_mean/channel_std ({err})") from None
-    if len(mean) != len(std) or not mean:
-        raise DataError(f"{manifest}: channel_mean and channel_std must be equal-length, non-empty lists")
-    if not all(math.isfinite(s) and s > 0 for s in std):
-        raise DataError(f"{manifest}: channel_std must be finite and > 0, got {std}")
-    count = int((m.get("stats") or {}).get("count_per_channel") or m.get("num_items") or 1)
-    var = torch.tensor(std, dtype=torch.float64) ** 2
-    return RunningStats.from_state_dict(
-        {"count": count, "num_channels": len(mean), "mean": mean, "m2": (var * count).tolist()}
-    )
-
-
-# ------------------------------------------------------------------------------------- the figure
-
-# Okabe–Ito colours (colour-blind safe); the presets keep fixed colours across every figure.
-_PRESET_COLOURS = {"dit": "#0072B2", "sit": "#E69F00", "fasterdit": "#D55E00"}
-_OTHER_COLOURS = ("#009E73", "#CC79A7", "#56B4E9", "#000000", "#F0E442")
-_LINESTYLES = ("-", "--", ":", "-.", (0, (5, 1, 1, 1, 1, 1)), (0, (1, 3)))
-
-
-def _as_distributions(curves_or_recipes: Any, data_stds: Any, per_channel: bool) -> list[LogSNRDistribution]:
-    if (
-        isinstance(curves_or_recipes, LogSNRDistribution)
-        or not isinstance(curves_or_recipes, Iterable)
-        or isinstance(curves_or_recipes, (str, Path, Mapping))
-        or _is_pair(curves_or_recipes)
-    ):
-        items: list[Any] = [curves_or_recipes]
-    else:
-        items = list(curves_or_recipes)
-    if data_stds is None:
-        stds: list[Any] = [1.0]
-    elif isinstance(data_stds, (int, float, RunningStats, torch.Tensor, np.ndarray)):
-        stds = [data_stds]  # one std; a tensor/array holds the channel stds of one dataset
-    else:
-        stds = list(data_stds)
-    out: list[LogSNRDistribution] = []
-    for item in items:
-        if isinstance(item, LogSNRDistribution):
-            out.append(item)
-            continue
-        for s in stds:
-            out.extend(snr_distributions(item, s, per_channel=per_channel))
-    return out
-
-
-def _fmt_std(v: float) -> str:
-    return f"{v:.3g}"
-
-
-def save_snr_plot(
-    curves_or_recipes: Any,
-    data_stds: Any = None,
-    path: str | os.PathLike = "snr.png",
-    window: tuple[float, float] | None = None,
-    title: str | None = None,
-    *,
-    units: str = "nats",
-    per_channel: bool = False,
-    dpi: int = 200,
-) -> Path:
-    """Write a publication-style figure of the log-SNR densities (PNG/PDF/SVG by extension).
-
-    ``curves_or_recipes``: LogSNRDistribution(s), or recipe(s) (Recipe, preset name, YAML path) which
-    are evaluated at every std of ``data_stds``: a number, a RunningStats or a tensor of channel stds
-    (one dataset), or a list of those (overlaid; a dataset's channel stds as an inner list).
-    Colour = recipe (fixed colours for the presets), line style = data std; a recipe whose scaling
-    makes its law independent of the raw std (standardisation) is drawn once. ``window`` (nats) is
-    shaded; pass ``False`` for none, ``None`` for :func:`default_window`. Axes are in ``units``
-    ("nats", or "dB" with the density per dB).
-    """
-    import matplotlib  # lazy: only the figure needs it (the analyser's numbers do not)
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-    from matplotlib.lines import Line2D
-
-    f = _unit_factor(units)
-    dists = _as_distributions(curves_or_recipes, data_stds, per_channel)
-    if not dists:
-        raise ConfigError("recipe", "nothing to plot")
-    win = None if window is False else (_check_window(window) or default_window())
-
-    # x range: the central 99.8 % of every curve, and the window
-    qs = np.array([d.quantile([0.001, 0.999]) for d in dists])
-    lo, hi = float(qs[:, 0].min()), float(qs[:, 1].max())
-    if win is not None:
-        lo, hi = min(lo, win[0]), max(hi, win[1])
-    pad = 0.04 * (hi - lo)
-    lam = np.linspace(lo - pad, hi + pad, 1601)
-
-    labels = list(dict.fromkeys(d.label for d in dists))
-    other = iter(_OTHER_COLOURS * 4)
-    colour = {lab: _PRESET_COLOURS.get(lab) or next(other) for lab in labels}
-    raw_stds = sorted({round(d.data_std, 12) for d in dists})
-    channels = sorted({d.channel for d in dists if d.channel is not None})
-    # a recipe "varies" when it has several distinct pooled curves (one per data std): those get a line
-    # style per std; a recipe whose scaling makes every std give the same curve is drawn once, solid
-    varies = {
-        lab: len({round(d.effective_std, 9) for d in dists if d.label == lab and d.channel is None}) > 1
-        for lab in labels
-    }
-    styled = sorted({round(d.data_std, 12) for d in dists if varies[d.label] and d.channel is None})
-    style = {s: _LINESTYLES[i % len(_LINESTYLES)] for i, s in enumerate(styled)}
-
-    plt.rcParams.update({"font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9.5, "legend.fontsize": 8})
-    fig, ax = plt.subplots(figsize=(7.4, 3.5), dpi=dpi)
-    if win is not None:
-        ax.axvspan(win[0] * f, win[1] * f, color="0.90", zorder=0, lw=0)
-        ax.axvline(win[0] * f, color="0.6", lw=0.6, zorder=0)
-        ax.axvline(win[1] * f, color="0.6", lw=0.6, zorder=0)
-
-    drawn: set[tuple[str, float, int | None]] = set()
-    ymax = 0.0
-    for d in dists:
-        key = (d.label, round(d.effective_std, 9), d.channel)
-        if key in drawn:
-            continue
-        drawn.add(key)
-        p = d.pdf(lam) / f
-        ymax = max(ymax, float(p.max()))
-        ls = style[round(d.data_std, 12)] if varies[d.label] and d.channel is None else "-"
-        alpha = 1.0 if d.channel is None else 0.85
-        ax.plot(lam * f, p, color=colour[d.label], ls=ls, lw=1.6, alpha=alpha, zorder=3)
-        if d.channel is not None:  # label channels at their peak
-            i = int(np.argmax(p))
-            ax.annotate(
-                f"c{d.channel}",
-                (lam[i] * f, p[i]),
-                textcoords="offset points",
-                xytext=(2, 2),
-                fontsize=6.5,
-                color=colour[d.label],
-            )
-
-    handles: list[Any] = []
-    for lab in labels:
-        mine = [d for d in dists if d.label == lab]
-        notes = [mine[0].scaling_note] if mine[0].scaling_note else []
-        own = sorted({round(d.data_std, 12) for d in mine if d.channel is None})
-        if len(raw_stds) > 1 and not varies[lab] and len(own) == 1 and not mine[0].scaling_note:
-            notes.append(f"data std {_fmt_std(own[0])}")
-        text = lab + (f" ({'; '.join(notes)})" if notes else "")
-        handles.append(Line2D([], [], color=colour[lab], lw=1.8, label=text))
-    if styled:
-        handles.append(Line2D([], [], color="none", label=" "))
-        for s in styled:
-            handles.append(Line2D([], [], color="0.25", lw=1.4, ls=style[s], label=f"data std {_fmt_std(s)}"))
-    if win is not None:
-        handles.append(
-            matplotlib.patches.Patch(
-                facecolor="0.90",
-                edgecolor="0.6",
-                lw=0.6,
-                label=f"target window\n[{win[0] * f:.2f}, {win[1] * f:.2f}] {units}",
-            )
-        )
-    legend_title = None if len(raw_stds) > 1 or channels else f"data std {_fmt_std(raw_stds[0])}"
-    ax.legend(
-        handles=handles,
-        loc="upper left",
-        bbox_to_anchor=(1.02, 1.0),
-        frameon=False,
-        title=legend_title,
-        handlelength=2.4,
-        title_fontsize=8,
-        alignment="left",
-        borderaxespad=0.0,
-    )
-    per = "nat" if units == "nats" else "dB"
-    ax.set_xlabel(f"← noisier        extended log-SNR  λ = ln(α²·std² / σ²)  [{units}]        cleaner →")
-    ax.set_ylabel(f"density  p(λ)  [1/{per}]")
-    ax.set_xlim(lam[0] * f, lam[-1] * f)
-    ax.set_ylim(0, ymax * 1.08)
-    ax.spines[["top", "right"]].set_visible(False)
-    ax.grid(True, axis="both", color="0.92", lw=0.6, zorder=-1)
-    ax.set_axisbelow(True)
-    if title:
-        ax.set_title(title, loc="left")
-    fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=dpi, bbox_inches="tight")
-    plt.close(fig)
-    return out

@@ -21,8 +21,12 @@ What differs from the official code is only *how* it is computed, never *what*:
   (``num_classes=0`` or ``None``: no label embedder, ``y`` is ignored);
 * classifier-free guidance guides all prediction channels by default (``guide_channels=3`` reproduces the
   official sampler, which guides only the first three latent channels);
-* label dropout can draw from a ``torch.Generator`` so that training runs are reproducible
-  (``label_drop_ids`` draws it outside a compiled forward).
+* label dropout takes its mask from the caller (``force_drop_ids``, the official argument): fasterdit's
+  trainer draws it once per global batch with the step's generator, so runs are reproducible and the
+  compiled forward never draws.
+
+Why one module of ~550 lines: it mirrors the official ``models.py`` (embedders, blocks, the DiT, the
+named configs and the 2-D sin-cos position embedding) so the two can be read side by side.
 
 The blocks contain no data-dependent Python control flow, so ``torch.compile(block, fullgraph=True)``
 traces them without graph breaks.
@@ -41,6 +45,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from fasterdit.errors import ConfigError, UserError
+from fasterdit.guidance import cfg_mix, guided_channels
 
 # --------------------------------------------------------------------------------------------------------
 # Fixed embeddings
@@ -186,19 +191,10 @@ class LabelEmbedder(nn.Module):
     def has_null_class(self) -> bool:
         return self.embedding_table.num_embeddings > self.num_classes
 
-    def random_drop(self, n: int, device: torch.device, generator: torch.Generator | None = None):
-        """(n,) bool, True with probability ``dropout_prob``; drawn on the generator's device if given."""
-        if generator is None:
-            return torch.rand(n, device=device) < self.dropout_prob
-        return torch.rand(n, generator=generator, device=generator.device).to(device) < self.dropout_prob
-
-    def token_drop(
-        self,
-        labels: torch.Tensor,
-        force_drop_ids: torch.Tensor | None = None,
-        generator: torch.Generator | None = None,
-    ) -> torch.Tensor:
-        """Replace dropped labels by the null class: where ``force_drop_ids == 1``, else at random."""
+    def token_drop(self, labels: torch.Tensor, force_drop_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Replace dropped labels by the null class: where ``force_drop_ids == 1``, else at random with
+        probability ``dropout_prob`` from the global RNG (the official semantics; fasterdit's trainer always
+        passes its own mask, drawn with the step's generator, see ``fasterdit.train.step.Draws``)."""
         if not self.has_null_class:
             raise ConfigError(
                 "class_dropout_prob",
@@ -208,18 +204,14 @@ class LabelEmbedder(nn.Module):
         if force_drop_ids is not None:
             drop = force_drop_ids.to(labels.device) == 1
         else:
-            drop = self.random_drop(labels.shape[0], labels.device, generator)
+            drop = torch.rand(labels.shape[0], device=labels.device) < self.dropout_prob
         return torch.where(drop, self.num_classes, labels)
 
     def forward(
-        self,
-        labels: torch.Tensor,
-        train: bool,
-        force_drop_ids: torch.Tensor | None = None,
-        generator: torch.Generator | None = None,
+        self, labels: torch.Tensor, train: bool, force_drop_ids: torch.Tensor | None = None
     ) -> torch.Tensor:
         if (train and self.dropout_prob > 0) or force_drop_ids is not None:
-            labels = self.token_drop(labels, force_drop_ids, generator)
+            labels = self.token_drop(labels, force_drop_ids)
         return self.embedding_table(labels)
 
 
@@ -409,7 +401,6 @@ class DiT(nn.Module):
         t: torch.Tensor,
         y: torch.Tensor | None = None,
         force_drop_ids: torch.Tensor | None = None,
-        generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """Predict the recipe's target for noisy inputs.
 
@@ -419,8 +410,8 @@ class DiT(nn.Module):
                to it, e.g. 0..999 for DiT's DDPM chain).
             y: (N,) long class labels, ``num_classes`` meaning "no class"; ignored when unconditional.
             force_drop_ids: optional (N,) tensor; rows equal to 1 get the null class (official semantics).
-            generator: random source for label dropout in training mode (default: the global RNG).
-                Under torch.compile use ``force_drop_ids=model.label_drop_ids(y, generator)`` instead.
+                Without it, training mode drops labels at random from the global RNG, as the official
+                code; the trainer always passes the mask of its ``Draws``.
         """
         if x.shape[1:] != (self.in_channels, *self.input_size):
             raise UserError(
@@ -434,24 +425,11 @@ class DiT(nn.Module):
         if self.y_embedder is not None:
             if y is None:
                 raise UserError("this DiT is class-conditional: pass labels y (use num_classes for 'none')")
-            c = c + self.y_embedder(y, self.training, force_drop_ids, generator)
+            c = c + self.y_embedder(y, self.training, force_drop_ids)
         use_ckpt = self.grad_checkpointing and torch.is_grad_enabled()
         for block in self.blocks:
             tokens = checkpoint(block, tokens, c, use_reentrant=False) if use_ckpt else block(tokens, c)
         return self.unpatchify(self.final_layer(tokens, c))
-
-    def label_drop_ids(
-        self, y: torch.Tensor, generator: torch.Generator | None = None
-    ) -> torch.Tensor | None:
-        """Draw training-time label dropout outside the model: (N,) long, 1 = drop; None if no dropout.
-
-        Pass the result as ``force_drop_ids``. This is the torch.compile-friendly way to use a
-        ``torch.Generator`` (dynamo cannot trace a generator argument inside the compiled forward).
-        """
-        emb = self.y_embedder
-        if emb is None or emb.dropout_prob <= 0:
-            return None
-        return emb.random_drop(y.shape[0], y.device, generator).long()
 
     def forward_with_cfg(
         self,
@@ -478,13 +456,10 @@ class DiT(nn.Module):
         n = x.shape[0]
         if n % 2:
             raise UserError(f"forward_with_cfg needs an even batch (cond half + uncond half), got {n}")
-        g = self.in_channels if guide_channels is None else int(guide_channels)
-        if not 0 < g <= self.out_channels:
-            raise ConfigError("guide_channels", f"must be in 1..{self.out_channels}, got {guide_channels}")
+        g = guided_channels(guide_channels, self.in_channels, self.out_channels)
         half = x[: n // 2]
         out = self.forward(torch.cat([half, half], dim=0), t, y)
-        cond, uncond = out[:, :g].chunk(2, dim=0)
-        guided = uncond + cfg_scale * (cond - uncond)
+        guided = cfg_mix(*out.chunk(2, dim=0), cfg_scale, g)
         return torch.cat([torch.cat([guided, guided], dim=0), out[:, g:]], dim=1)
 
 

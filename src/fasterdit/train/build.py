@@ -12,12 +12,13 @@ from typing import Any
 
 import torch
 
+from fasterdit.data.source import open_source
+from fasterdit.data.stats import DataStats
 from fasterdit.diffusion.recipe import PRESETS, Recipe, get_preset
 from fasterdit.errors import ConfigError, UserError
 from fasterdit.models import create_model
 from fasterdit.train import preflight
 from fasterdit.train.config import RunConfig, check_world
-from fasterdit.train.data_source import open_source
 
 __all__ = [
     "ShapeOnly",
@@ -55,19 +56,12 @@ def build_recipe(cfg: RunConfig) -> Recipe:
     return recipe
 
 
-def global_std(channel_mean: list[float], channel_std: list[float]) -> float:
-    """The std of all values pooled over channels (equal counts per channel), from per-channel stats."""
-    n = len(channel_std)
-    mean = sum(channel_mean) / n
-    second = sum(s * s + m * m for m, s in zip(channel_mean, channel_std)) / n
-    return max(second - mean * mean, 0.0) ** 0.5
-
-
 def resolve_recipe_on_data(recipe: Recipe, source) -> Recipe:
     """The recipe with its data scaling resolved against the data's measured statistics, and its
     direction-loss mode made concrete for the data's channel count.
 
-    ``std`` mode takes the pooled std of all values, ``channel`` mode per-channel mean and std. A recipe
+    ``std`` mode takes the pooled std of all values (``DataStats.pooled_std``), ``channel`` mode
+    per-channel mean and std. A recipe
     that is already resolved (e.g. loaded from a checkpoint or a YAML with numbers) is kept as it is.
     """
     recipe = recipe.for_channels(int(source.channels))
@@ -75,8 +69,8 @@ def resolve_recipe_on_data(recipe: Recipe, source) -> Recipe:
     if not sc.needs_stats or sc.is_resolved:
         return recipe
     if sc.mode == "std":
-        return recipe.resolve(std=global_std(source.channel_mean, source.channel_std))
-    return recipe.resolve(mean=list(source.channel_mean), std=list(source.channel_std))
+        return recipe.resolve(std=source.stats.pooled_std)
+    return recipe.resolve(mean=list(source.stats.mean), std=list(source.stats.std))
 
 
 def model_kwargs(cfg: RunConfig, source, recipe: Recipe) -> dict[str, Any]:
@@ -121,17 +115,23 @@ def data_description(source, spec: str) -> dict[str, Any]:
         is_latent=bool(source.is_latent),
         vae=source.vae,
         origin=source.origin.to_dict() if source.origin is not None else None,
-        channel_mean=[float(v) for v in source.channel_mean],
-        channel_std=[float(v) for v in source.channel_std],
+        channel_mean=list(source.stats.mean),
+        channel_std=list(source.stats.std),
+        pooled_std=source.stats.pooled_std,
         size=len(source),
     )
 
 
 def check_expected_shape(cfg: RunConfig, source) -> None:
     """The data must have the shape the config says it expects (when it says)."""
-    for key in ("resolution", "channels", "num_classes"):
-        want, got = getattr(cfg.data, key), int(getattr(source, key))
-        if want is not None and want != got:
+    d = cfg.data
+    expected = (
+        ("resolution", d.resolution, source.resolution),
+        ("channels", d.channels, source.channels),
+        ("num_classes", d.num_classes, source.num_classes),
+    )
+    for key, want, got in expected:
+        if want is not None and want != int(got):
             raise ConfigError(f"data.{key}", f"the config expects {want} but {cfg.data.source} has {got}")
 
 
@@ -152,7 +152,7 @@ class ShapeOnly:
             )
         self.resolution, self.channels = int(cfg.data.resolution), int(cfg.data.channels)
         self.num_classes = int(cfg.data.num_classes)
-        self.channel_mean, self.channel_std = [0.0] * self.channels, [1.0] * self.channels
+        self.stats = DataStats.of([0.0] * self.channels, [1.0] * self.channels)
 
     def __len__(self) -> int:
         return 0

@@ -20,6 +20,10 @@ Sizes are checked on every lookup (cheap); the SHA-256 of every file is checked 
 used (resume, ``sample``, ``eval``), so a flipped byte is found rather than trained on. A damaged newest
 checkpoint of a run falls back to the previous intact one (:func:`open_intact`). Deletion goes through a
 ``.trash-*`` rename first, so an interrupted prune never leaves a half-deleted ``step-*`` directory.
+
+Why one module of ~600 lines: the write path (temp dir, fsyncs, rename, pointer, prune) and the read
+path (lookup, size and checksum verification, quarantine) are the two halves of one on-disk format and
+must change together; what a run puts into a checkpoint is :mod:`fasterdit.train.resume`.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-__all__ = ["MetricsLogger", "Progress", "plot_eval_curve", "plot_loss_curve", "read_metrics"]
+__all__ = ["Console", "MetricsLogger", "Progress", "plot_eval_curve", "plot_loss_curve", "read_metrics"]
 
 
 class MetricsLogger:
@@ -129,6 +129,23 @@ class Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+class Console:
+    """Rank 0's messages to the person: through the progress bar while one is shown (so the bar stays
+    intact), else printed. The other ranks say nothing."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.progress: Progress | None = None  # the bar, while the loop is training
+
+    def say(self, msg: str) -> None:
+        if not self.enabled:
+            return
+        if self.progress is not None:
+            self.progress.write(msg)
+        else:
+            print(msg, flush=True)
 
 
 def plot_loss_curve(run_dir: str | Path, out: str | Path | None = None) -> Path | None:

@@ -18,11 +18,13 @@ import json
 import os
 import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from fasterdit.errors import UserError
+from fasterdit.train.distributed import broadcast_object
 
-__all__ = ["LOCK_NAME", "RunDirLocked", "RunLock"]
+__all__ = ["LOCK_NAME", "RunDirLocked", "RunLock", "hold_run_lock"]
 
 LOCK_NAME = ".fasterdit.lock"
 
@@ -76,6 +78,27 @@ class RunLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+@contextlib.contextmanager
+def hold_run_lock(run_dir: str | Path, is_main: bool) -> Iterator[None]:
+    """A job's lock: rank 0 holds it while inside; every rank learns whether it got it (and raises if not)."""
+    lock, err = None, None
+    if is_main:
+        try:
+            lock = RunLock(run_dir).acquire()
+        except UserError as e:
+            err = e
+    msg = broadcast_object(None if err is None else str(err))
+    if err is not None:
+        raise err
+    if msg is not None:
+        raise RunDirLocked(msg)
+    try:
+        yield
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def _write_holder(fd: int) -> None:
