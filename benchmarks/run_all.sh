@@ -2,8 +2,9 @@
 # Run every benchmark, one after another (they must not share the CPU), writing the reports to
 # docs/benchmarks/ and logs to ${LOG_DIR:-/tmp/fasterdit-bench}.
 #
-#   benchmarks/run_all.sh            # full set: ≈ 2 h on a quiet 2-core CPU (convergence ≈ 55 min,
-#                                     # std sweep ≈ 45 min, throughput ≈ 10 min, sampling cost ≈ 4 min)
+#   benchmarks/run_all.sh            # full set: ≈ 7 h on a quiet 2-core CPU (convergence ≈ 55 min,
+#                                     # std sweep ≈ 45 min, throughput ≈ 10 min, sampling cost ≈ 4 min,
+#                                     # latent convergence ≈ 5 h in four parts that can run in separate sessions)
 #   benchmarks/run_all.sh --quick    # smoke run of every script (≈ 2-3 min), reports to temp dirs
 #
 # The full numbers are only meaningful on an otherwise idle machine: check `cat /proc/loadavg` first.
@@ -25,3 +26,5 @@ run throughput --compile
 run convergence
 run sampling_cost
 run std_sweep
+# latents of the shipped autoencoder (issue #18): four parts of <= 100 min each, resumable per run
+if [[ ${#QUICK[@]} -gt 0 ]]; then run latent_convergence; else run latent_convergence --part all; fi

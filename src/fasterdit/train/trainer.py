@@ -265,6 +265,7 @@ class Trainer:
             f"global batch {cfg.train.batch_size} (accum {cfg.train.grad_accum}), "
             f"{'bf16 autocast' if parts.amp_dtype else 'fp32'}; {where}; run dir {ctx.run_dir}\n"
             f"  loss: {ctx.recipe.loss.describe(ctx.source.channels)}"
+            + (" + VB (learned variance, iDDPM's hybrid loss)" if ctx.recipe.learn_sigma else "")
         )
 
 
