@@ -232,7 +232,7 @@ def _metrics(args: argparse.Namespace, samples: Path, dataset: str, extractor: A
 def run(args: argparse.Namespace) -> int:
     from fasterdit.eval.sample_job import sidecar_path
     from fasterdit.eval.standard import load_inception
-    from fasterdit.train.distributed import cleanup, init_distributed
+    from fasterdit.runtime.distributed import cleanup, init_distributed
 
     out_path = _check_args(args)
     dist = init_distributed(args.device)

@@ -34,7 +34,7 @@ from fasterdit.diffusion.sampling import sample
 from fasterdit.errors import ConfigError, DataError, UserError
 from fasterdit.eval import sample_seeds
 from fasterdit.eval.npz_writer import write_samples_npz
-from fasterdit.train.distributed import DistInfo, barrier, broadcast_object, gather_objects
+from fasterdit.runtime.distributed import DistInfo, barrier, broadcast_object, gather_objects
 from fasterdit.viz import to_uint8
 
 _PART = re.compile(r"^part-(\d{9})-(\d{9})\.npz$")
