@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +35,7 @@ from fasterdit.commands._sampling import (
     run_job,
 )
 from fasterdit.errors import ConfigError, UserError
+from fasterdit.runtime.files import atomic_write_text
 
 HELP = "Evaluate a checkpoint or a samples .npz: FID, class accuracy, precision/recall (+ Inception metrics)."
 
@@ -94,9 +94,7 @@ def _clean(value: Any) -> Any:
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(_clean(data), indent=2, allow_nan=False) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(_clean(data), indent=2, allow_nan=False) + "\n")
 
 
 def _check_args(args: argparse.Namespace) -> Path:
