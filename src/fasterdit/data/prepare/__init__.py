@@ -147,9 +147,8 @@ def prepare(
             content, rel, resolution=resolution, flip=flip, small=small, storage_dtype=storage_dtype,
             dtype=dtype, shard_size=shard_size, origin=origin, previous=read_previous_record(out),
         )  # fmt: skip
-        record = {"fingerprint": plan.fingerprint, "config": plan.config, "images": str(images.resolve())}
         own = images.name if origin is not None else None
-        error = check_previous(out, record, rel, own) if info.is_main else None
+        error = check_previous(out, plan.record(images), rel, own) if info.is_main else None
         error = broadcast_object(error, group=group)
         if error:
             raise DataError(error)
@@ -157,11 +156,7 @@ def prepare(
         # --- this rank's shards: a contiguous block of shard numbers; reuse the finished ones
         mine = plan.rank_block(info.rank, info.world_size)
         remove_crash_leftovers(out, mine)
-        done: dict[int, tuple[Path, dict]] = {}
-        for k in mine:
-            found = valid_existing(out, k, plan.shard_range(k), plan.fingerprint, content.expected)
-            if found is not None:
-                done[k] = found
+        done = _finished_shards(out, plan, mine)
         todo = [k for k in mine if k not in done]
 
         # --- encode the others
@@ -245,6 +240,16 @@ def _source_folder(
         export_embedded(name, split, images)
     barrier(group)
     return images, origin
+
+
+def _finished_shards(out: Path, plan: Plan, mine: range) -> dict[int, tuple[Path, dict[str, Any]]]:
+    """This rank's shards that an earlier run finished with this plan: shard -> (path, header metadata)."""
+    done = {}
+    for k in mine:
+        found = valid_existing(out, k, plan.shard_range(k), plan.fingerprint, plan.content.expected)
+        if found is not None:
+            done[k] = found
+    return done
 
 
 def _progress_bar(plan: Plan, mine: range, done: dict[int, Any], info: DistInfo, progress: bool) -> tqdm:

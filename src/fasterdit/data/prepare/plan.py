@@ -13,6 +13,7 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -94,6 +95,10 @@ class Plan:
     def shard_range(self, k: int) -> range:
         """The lines of files.txt that shard ``k`` covers."""
         return range(k * self.shard_size, min((k + 1) * self.shard_size, self.num_files))
+
+    def record(self, images: Path) -> dict[str, Any]:
+        """What prepare.json holds: the fingerprint, the settings it covers, and the source folder."""
+        return {"fingerprint": self.fingerprint, "config": self.config, "images": str(images.resolve())}
 
     def rank_block(self, rank: int, world: int) -> range:
         """The contiguous block of shard numbers that ``rank`` of ``world`` writes."""
