@@ -1,0 +1,144 @@
+"""benchmarks/latent_convergence.py: its --quick mode end to end, resume from the metrics files, the report
+of parts not run yet, and the pure readings the report draws its verdicts from.
+
+The quick mode trains a DiT-Mi/2 for a few steps on real mnist-ae latents, so its numbers mean nothing; what
+is checked is that every part runs through the real code paths (prepare, trainer with latent evaluation,
+converged-NFE evaluation of kept checkpoints, the autoencoder floor, ``fasterdit snr --recommend``), writes
+one metrics file per run, and that the report is assembled from those files alone.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+from test_benchmarks_quick import _check_report
+
+pytest.importorskip("diffusers")
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def lc():
+    sys.path.insert(0, str(BENCH))
+    try:
+        yield importlib.import_module("latent_convergence")
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+def test_latent_convergence_quick(lc, tmp_path):
+    work, res, out = tmp_path / "work", tmp_path / "results", tmp_path / "report"
+    argv = ["--quick", "--work", str(work), "--results", str(res), "--out", str(out)]
+    assert lc.main(argv) == 0
+    text = _check_report(
+        out / "latent_convergence.md",
+        [
+            "Where the runs ran",
+            "Speed-up over `dit`, equal NFE",
+            "Speed-up over `sit`, converged NFE",
+            "Has dit's curve flattened?",
+            "lr sweep",
+            "fasterdit-no-std",
+            "within the best two?",
+            "reconstructions (posterior sample)",
+        ],
+    )
+    assert "Not run yet" not in text
+    files = {p: sorted(f.stem for f in (res / p).glob("*.json")) for p in lc.PARTS}
+    assert files["lr"] == [f"{v}-lr{x:g}-s0" for v in lc.QUICK_LR_VARIANTS for x in lc.QUICK_LRS]
+    assert files["headline"] == sorted(f"{v}-s{s}" for v in lc.HEADLINE for s in (0, 1))
+    assert files["ablations"] == sorted(f"{v}-s0" for v in lc.QUICK_ABLATIONS)
+    assert files["std"] == sorted(
+        f"{law}-x{k:g}-s0" for law in lc.QUICK_STD_LAWS for k in lc.QUICK_STD_SCALES
+    )
+    sizes = lc.QUICK_SIZES["headline"]
+    for name in files["headline"]:
+        m = json.loads((res / "headline" / f"{name}.json").read_text())
+        assert m["status"] == "ok" and m["quick"] and m["machine"]["cpu"] and "--quick" in m["command"]
+        assert [e["step"] for e in m["evals"]] == [2, 4]
+        assert all(math.isfinite(e["fid"]) and e["num_samples"] == sizes.num_samples for e in m["evals"])
+        # converged NFE: dit/sit the final checkpoint, fasterdit also the intermediate one it kept
+        want = [2, 4] if m["variant"] == "fasterdit" else [4]
+        assert [c["step"] for c in m["converged"]] == want
+        assert {c["sampler"] for c in m["converged"]} == {"ddpm" if m["variant"] == "dit" else "dopri5"}
+        # the lr comes from the sweep where it ran (dit, fasterdit), from the documented default otherwise
+        swept = m["variant"] in lc.QUICK_LR_VARIANTS
+        assert m["lr_source"].startswith("lr sweep" if swept else "default")
+        # only the final checkpoint is left in the scratch run dir
+        assert len(list((work / "runs" / "headline" / name / "checkpoints").glob("step-*"))) == 1
+    floors = json.loads((res / "floors.json").read_text())[f"mnist-ae/N={sizes.num_samples}"]
+    assert floors["posterior_sample"]["fid"] > 0 and floors["fid_real_at_n"] > 0
+    rec = json.loads((res / "snr_recommend.json").read_text())
+    assert all(rec[law][m]["k"] > 0 for law in lc.STD_LAWS for m in ("median", "mass"))
+    data = json.loads((out / "latent_convergence.json").read_text())
+    assert {"headline", "lr", "ablations", "std"} <= set(data["analysis"])
+
+    # resume: every run has its metrics file, so a second invocation trains nothing and rewrites the report
+    before = {p: p.stat().st_mtime_ns for p in res.rglob("*-s*.json")}
+    assert lc.main(argv) == 0
+    assert {p: p.stat().st_mtime_ns for p in res.rglob("*-s*.json")} == before
+    # a metrics file of other settings is refused, not silently mixed in
+    with pytest.raises(SystemExit, match="other settings"):
+        lc.main([*argv, "--part", "lr", "--steps", "4"])
+
+
+def test_report_without_runs_says_not_run_yet(lc, tmp_path):
+    argv = ["--report", "--results", str(tmp_path / "none"), "--out", str(tmp_path / "r")]
+    assert lc.main(argv) == 0
+    text = (tmp_path / "r" / "latent_convergence.md").read_text()
+    for part in ("headline", "lr", "ablations", "std"):
+        assert f"`python benchmarks/latent_convergence.py --part {part}`" in text
+    assert text.count("Not run yet") == 4 and "No run has finished yet" in text
+
+
+def test_readings(lc):
+    # the converged-NFE checkpoints fall on kept checkpoint steps: 1/7, 3/7, 1 of 2100 with one every 300
+    assert lc.SIZES["headline"].converged_steps("fasterdit") == [300, 900, 2100]
+    assert lc.SIZES["headline"].converged_steps("dit") == [2100]
+    assert lc.SIZES["ablations"].converged_steps("fasterdit-uniform") == [2100]
+    assert lc.value_at([300, 600], [10.0, 4.0], 450) == pytest.approx(7.0)
+    assert lc.value_at([300, 600], [10.0, 4.0], 2100 / 7) == pytest.approx(10.0)
+    assert lc.value_at([300, 600], [10.0, 4.0], 100) is None
+    assert lc.slope([0, 1000, 2000, 3000], [9.0, 5.0, 4.0, 3.0]) == pytest.approx(-1.0)
+
+    def run(variant, seed, fids, steps=(300, 600, 900)):
+        evals = [{"step": s, "fid": f} for s, f in zip(steps, fids)]
+        return lc.as_run({"variant": variant, "seed": seed, "evals": evals})
+
+    # dit's final FIDs spread 0.4 over seeds; its last two intervals drop 0.35 on average: flat
+    flat = lc.flatness({"dit": [run("dit", 0, [2.3, 2.1, 2.0]), run("dit", 1, [2.8, 2.6, 2.4])]})
+    assert flat["flat"] and flat["final_spread"] == pytest.approx(0.4)
+    steep = lc.flatness({"dit": [run("dit", 0, [9.0, 5.0, 2.0]), run("dit", 1, [9.0, 5.0, 2.2])]})
+    assert not steep["flat"]
+    # ablation verdicts: an effect only outside fasterdit's seed range
+    head = {
+        "dit": [run("dit", 0, [6.0, 5.0, 4.0])],
+        "fasterdit": [run("fasterdit", 0, [4.0, 3.0, 2.0]), run("fasterdit", 1, [4.5, 3.5, 2.5])],
+    }
+    abl = {
+        "fasterdit-uniform": [run("fasterdit-uniform", 0, [8.0, 6.0, 5.0])],  # never reaches dit's 4.0
+        "fasterdit-no-dir": [run("fasterdit-no-dir", 0, [4.2, 3.2, 2.2])],
+    }
+    ar = lc.ablation_reading(head, abl, {}, {})
+    assert ar["ablations"]["fasterdit-uniform"]["verdict"]["final_fid"].startswith("worse")
+    assert ar["ablations"]["fasterdit-uniform"]["verdict"]["steps_to_dit"].startswith("worse")
+    assert ar["ablations"]["fasterdit-no-dir"]["verdict"]["final_fid"].startswith("within")
+    # std: the recommendation rounds (in log k) to a swept scale, which must be one of the best two
+    ms = [
+        {"status": "ok", "settings": {"law": "lognorm", "k": k}, "evals": [{"fid": f, "class_accuracy": 1.0}]}
+        for k, f in ((0.5, 3.0), (1.0, 2.0), (2.0, 1.0), (4.0, 1.5))
+    ]
+    recs = {"lognorm": {m: {"k": 1.1, "median_before_nats": 0.0} for m in ("median", "mass")}}
+    sr = lc.std_reading(ms, recs)["lognorm"]
+    assert sr["best_two"] == [2.0, 4.0] and not sr["recommend"]["median"]["within_best_two"]
+    assert 2.0 < sr["best_refined"] < 4.0  # the parabola's vertex in log2 k lies between ×2 and ×4
+    assert sr["recommend"]["median"]["median_for_best_nats"] == pytest.approx(
+        2 * math.log(sr["best_refined"])
+    )
