@@ -15,7 +15,7 @@ from PIL import Image
 from fasterdit.data.autoencoder import MNIST_AE_CONFIG, MNIST_PADDED, builtin_path, latent_statistics
 from fasterdit.data.embedded import center_crop_images, export_embedded, load_embedded, pad_images
 from fasterdit.data.folder import pad_center
-from fasterdit.data.prepare import _luminance
+from fasterdit.data.prepare.encode import luminance
 from fasterdit.data.vae import latent_decoder, load_vae, vae_downsample_factor, vae_record_name
 from fasterdit.errors import DataError
 from fasterdit.eval.classifier import classifier_outputs, load_classifier
@@ -90,9 +90,9 @@ def test_pad_and_crop_are_inverse_and_match_the_pillow_pad():
 def test_luminance_matches_pillow():
     rgb = np.random.default_rng(1).integers(0, 256, (16, 16, 3), dtype=np.uint8)
     want = np.asarray(Image.fromarray(rgb, "RGB").convert("L"))
-    assert np.array_equal(_luminance(rgb), want)
+    assert np.array_equal(luminance(rgb), want)
     gray = np.repeat(rgb[..., :1], 3, axis=-1)
-    assert np.array_equal(_luminance(gray), gray[..., 0])
+    assert np.array_equal(luminance(gray), gray[..., 0])
 
 
 def test_export_writes_the_embedded_pixels_losslessly_once(tmp_path):

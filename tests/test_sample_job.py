@@ -26,7 +26,7 @@ import torch
 from fasterdit.cli import main
 from fasterdit.eval import sample_seeds
 from fasterdit.eval.sample_job import SampleSettings, pending_ranges, run_sample_job, work_dir
-from fasterdit.train.distributed import DistInfo
+from fasterdit.runtime.distributed import DistInfo
 from fasterdit.train.loading import load_trained
 from tiny_run import TINY_RUN
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +35,7 @@ from fasterdit.commands._sampling import (
     run_job,
 )
 from fasterdit.errors import ConfigError, UserError
+from fasterdit.runtime.files import atomic_write_text
 
 HELP = "Evaluate a checkpoint or a samples .npz: FID, class accuracy, precision/recall (+ Inception metrics)."
 
@@ -94,9 +94,7 @@ def _clean(value: Any) -> Any:
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(_clean(data), indent=2, allow_nan=False) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(_clean(data), indent=2, allow_nan=False) + "\n")
 
 
 def _check_args(args: argparse.Namespace) -> Path:
@@ -232,7 +230,7 @@ def _metrics(args: argparse.Namespace, samples: Path, dataset: str, extractor: A
 def run(args: argparse.Namespace) -> int:
     from fasterdit.eval.sample_job import sidecar_path
     from fasterdit.eval.standard import load_inception
-    from fasterdit.train.distributed import cleanup, init_distributed
+    from fasterdit.runtime.distributed import cleanup, init_distributed
 
     out_path = _check_args(args)
     dist = init_distributed(args.device)

@@ -90,8 +90,8 @@ def _grid(lm, settings, out: Path, nrow: int | None, batch_size: int, device, va
 
 
 def run(args: argparse.Namespace) -> int:
+    from fasterdit.runtime.distributed import cleanup, init_distributed
     from fasterdit.train.cli_checks import check_sampling_args, prepare_output
-    from fasterdit.train.distributed import cleanup, init_distributed
     from fasterdit.train.loading import load_trained
 
     out = Path(args.out)

@@ -83,8 +83,8 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         return _dry_run(cfg, args)
 
+    from fasterdit.runtime.distributed import cleanup, init_distributed
     from fasterdit.train import checkpoint as ckpt_mod
-    from fasterdit.train.distributed import cleanup, init_distributed
     from fasterdit.train.trainer import Trainer
 
     if args.no_resume and ckpt_mod.latest_checkpoint(run_dir) is not None:

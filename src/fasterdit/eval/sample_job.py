@@ -17,8 +17,8 @@ How a job runs (``fasterdit sample``/``eval``, one process or under ``torchrun``
 from __future__ import annotations
 
 import contextlib
+import io
 import json
-import os
 import re
 import shutil
 import time
@@ -34,7 +34,8 @@ from fasterdit.diffusion.sampling import sample
 from fasterdit.errors import ConfigError, DataError, UserError
 from fasterdit.eval import sample_seeds
 from fasterdit.eval.npz_writer import write_samples_npz
-from fasterdit.train.distributed import DistInfo, barrier, broadcast_object, gather_objects
+from fasterdit.runtime.distributed import DistInfo, barrier, broadcast_object, gather_objects
+from fasterdit.runtime.files import atomic_write_bytes, atomic_write_text
 from fasterdit.viz import to_uint8
 
 _PART = re.compile(r"^part-(\d{9})-(\d{9})\.npz$")
@@ -165,13 +166,9 @@ def _part_name(start: int, end: int) -> str:
 
 
 def _write_part(work: Path, start: int, end: int, images: np.ndarray, labels: np.ndarray, nfe: int) -> None:
-    final = work / _part_name(start, end)
-    tmp = work / f".tmp-{final.name}-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        np.savez(f, images=images, labels=labels, nfe=np.int64(nfe))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, final)
+    buf = io.BytesIO()
+    np.savez(buf, images=images, labels=labels, nfe=np.int64(nfe))
+    atomic_write_bytes(work / _part_name(start, end), buf.getvalue())
 
 
 def _read_part(work: Path, start: int, end: int, key: str) -> np.ndarray:
@@ -209,9 +206,7 @@ def _plan(out: Path, identity: dict[str, Any], batch_size: int, num: int) -> dic
             }
     else:
         work.mkdir(parents=True, exist_ok=True)
-        tmp = work / ".job.json.tmp"
-        tmp.write_text(json.dumps(identity, indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, manifest)
+        atomic_write_text(manifest, json.dumps(identity, indent=2, sort_keys=True) + "\n")
     done = finished_parts(work)
     return {"state": "run", "done": done, "todo": pending_ranges(num, batch_size, done)}
 
@@ -289,9 +284,7 @@ def run_sample_job(
         "run": {"world_size": dist.world_size, "batch_size": batch_size, "resumed_samples": resumed,
                 "sampled_samples": sampled, "seconds": round(time.time() - t0, 3)},
     }  # fmt: skip
-    tmp = side.with_name(f".{side.name}.tmp")
-    tmp.write_text(json.dumps(meta, indent=2) + "\n")
-    os.replace(tmp, side)
+    atomic_write_text(side, json.dumps(meta, indent=2) + "\n")
     shutil.rmtree(work)
     return JobResult(out, side, settings.num_samples, resumed, sampled, nfe_mean, time.time() - t0)
 

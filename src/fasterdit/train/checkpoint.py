@@ -46,11 +46,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from fasterdit.errors import UserError
+from fasterdit.runtime.files import TMP_PREFIX, atomic_write_text, fsync_dir, fsync_file
 
 __all__ = [
     "CKPT_SUBDIR",
     "CheckpointError",
-    "atomic_write_text",
     "candidates",
     "checkpoint_step",
     "find_checkpoint",
@@ -71,7 +71,7 @@ LATEST = "latest"
 FORMAT = "fasterdit-checkpoint"
 VERSION = 1
 _PREFIX = "step-"
-_TMP = ".tmp-"
+_TMP = TMP_PREFIX  # temporary checkpoint directories, named like every temporary file
 _TRASH = ".trash-"
 _CORRUPT = "corrupt-"
 _MB = 2**20
@@ -84,50 +84,6 @@ class CheckpointError(UserError):
     """A checkpoint could not be written or read; the message names the path and what is intact."""
 
 
-# ----------------------------------------------------------------------------------------------------
-# low-level durable writes
-# ----------------------------------------------------------------------------------------------------
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make a rename/creation in ``path`` durable (a no-op where directories cannot be opened)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write a small text file so that readers see the old or the new content, never a mix."""
-    path = Path(path)
-    tmp = path.with_name(f"{_TMP}{path.name}-{os.getpid()}")
-    try:
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    _fsync_dir(path.parent)
-
-
 def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
     """safetensors file, fsynced. Its write errors (no errno) become an OSError naming the file."""
     flat = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
@@ -135,7 +91,7 @@ def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
         save_file(flat, str(path))
     except SafetensorError as err:
         raise OSError(None, f"safetensors: {err}", str(path)) from err
-    _fsync_file(path)
+    fsync_file(path)
 
 
 class _RecordingFile:
@@ -479,7 +435,7 @@ def _write_files(
         json.dump(full_meta, f, indent=1, default=_json_default)
         f.flush()
         os.fsync(f.fileno())
-    _fsync_dir(tmp)
+    fsync_dir(tmp)
 
 
 def _install(tmp: Path, final: Path) -> None:
@@ -528,7 +484,7 @@ def save_checkpoint(
         _write_files(tmp, step, model_state, ema_state, train_state, meta)
         _install(tmp, final)
         moved = True
-        _fsync_dir(root)
+        fsync_dir(root)
         atomic_write_text(root / LATEST, name + "\n")
     except OSError as err:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -6,6 +6,10 @@ need "the model, the recipe that trained it, and what its data looked like", wha
 Our checkpoints carry all three (``meta.json``); official DiT checkpoints are the ``dit`` recipe on
 SD-VAE latents by construction (DDPM-linear, ε, learned variance; latents already × 0.18215), official
 SiT checkpoints the ``sit`` recipe in SiT's reversed time. Each comes with its code's sampling defaults.
+
+Why in ``train/`` although training never calls it: it reads what training writes, the checkpoint format
+(:mod:`~fasterdit.train.checkpoint`) and the :class:`~fasterdit.train.config.RunConfig`, so below
+``train/`` it would need both moved with it, and ``fasterdit.train.load_model`` is the documented entry.
 """
 
 from __future__ import annotations

@@ -21,9 +21,9 @@ import numpy as np
 import torch
 
 from fasterdit.errors import ConfigError
+from fasterdit.runtime.distributed import broadcast_object, gather_objects
 from fasterdit.train import checkpoint as ckpt_mod
 from fasterdit.train.build import data_description
-from fasterdit.train.distributed import broadcast_object, gather_objects
 from fasterdit.train.parts import TrainParts
 from fasterdit.train.preflight import recipe_differences
 from fasterdit.train.result import TrainingAborted

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from fasterdit.errors import UserError
-from fasterdit.train.distributed import broadcast_object
+from fasterdit.runtime.distributed import broadcast_object
 
 __all__ = ["LOCK_NAME", "RunDirLocked", "RunLock", "hold_run_lock"]
 

@@ -27,10 +27,11 @@ from typing import Any
 
 import yaml
 
+from fasterdit.runtime.distributed import DistInfo, barrier, broadcast_object, init_distributed
+from fasterdit.runtime.files import atomic_write_text
 from fasterdit.train import checkpoint as ckpt_mod
 from fasterdit.train.build import check_config, model_kwargs
 from fasterdit.train.config import RunConfig, config_from_dict
-from fasterdit.train.distributed import DistInfo, barrier, broadcast_object, init_distributed
 from fasterdit.train.logging import Console, MetricsLogger, Progress
 from fasterdit.train.monitor import Monitor
 from fasterdit.train.outputs import EVAL_TAG, Outputs
@@ -120,8 +121,8 @@ class Trainer:
         checkpointer = Checkpointer(ctx, parts, self.state, self.allow_config_change)
         resumed = checkpointer.resume() if self.resume else None
         if d.is_main:
-            ckpt_mod.atomic_write_text(ctx.run_dir / "config.yaml", _yaml(cfg.to_dict()))
-            ckpt_mod.atomic_write_text(ctx.run_dir / "recipe.yaml", _yaml(ctx.recipe.to_dict()))
+            atomic_write_text(ctx.run_dir / "config.yaml", _yaml(cfg.to_dict()))
+            atomic_write_text(ctx.run_dir / "recipe.yaml", _yaml(ctx.recipe.to_dict()))
         logger = MetricsLogger(ctx.run_dir, cfg.log.tensorboard, enabled=d.is_main)
         # drop what a previous attempt logged after the state we start from (all of it on a fresh start: a
         # run killed before its first checkpoint must not leave its steps in the log twice)
