@@ -1036,6 +1036,18 @@ def lr_reading(ms: list[dict[str, Any]]) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------------
 
 
+def _finish_figure(plt, fig, ax, path: Path) -> Path:
+    """The house style shared by the report's single-axis figures: light grid, legend, no top/right
+    spines; saved and closed."""
+    ax.grid(True, which="both", color="0.92")
+    ax.legend(frameon=False, fontsize=7)
+    ax.spines[["top", "right"]].set_visible(False)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def _floor_lines(ax, floors: dict[str, Any] | None, real: float | None) -> None:
     if real is not None:
         ax.axhline(real, color="k", lw=0.8, ls="--", label=f"real digits at this N ({real:.3g})")
@@ -1116,13 +1128,7 @@ def plot_ablations(headline, abl, floors, real, path: Path) -> Path:
     ax.set_xlabel("training step")
     ax.set_ylabel("FID (equal NFE)")
     ax.set_title("fasterdit and its ablations (bands: seed min–max)", loc="left")
-    ax.grid(True, which="both", color="0.92")
-    ax.legend(frameon=False, fontsize=7)
-    ax.spines[["top", "right"]].set_visible(False)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _finish_figure(plt, fig, ax, path)
 
 
 def plot_lr(lr: dict[str, Any], path: Path) -> Path:
@@ -1169,13 +1175,7 @@ def plot_std(std: dict[str, Any], floors, real, path: Path) -> Path:
     ax.set_xlabel("data scale k on top of the autoencoder's scaling_factor")
     ax.set_ylabel("FID after the fixed budget (equal NFE)")
     ax.set_title("data scale on latents", loc="left")
-    ax.grid(True, which="both", color="0.92")
-    ax.legend(frameon=False, fontsize=7)
-    ax.spines[["top", "right"]].set_visible(False)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _finish_figure(plt, fig, ax, path)
 
 
 def _x(v: float | None, suffix: str = "×") -> str:
