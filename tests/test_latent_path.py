@@ -74,8 +74,8 @@ def test_the_shards_hold_the_autoencoders_own_posterior(latents):
     x, y = x[pos], y[pos]
     with torch.no_grad():
         dist = ae.encode(pad_images(x, MNIST_PADDED)).latent_dist
-    assert np.allclose(arrays["mean"], dist.mean.numpy(), atol=1e-5)
-    assert np.allclose(arrays["logvar"], dist.logvar.numpy(), atol=1e-4)
+    assert np.allclose(arrays["mean"], dist.mean.numpy(), atol=2e-4)  # float32, other batch blocking
+    assert np.allclose(arrays["logvar"], dist.logvar.numpy(), atol=2e-3)
     assert np.array_equal(arrays["label"], y.numpy())
     # and a training draw decodes (cropped back) to the digit it came from
     z, _ = ds.get_batch(torch.from_numpy(rows), torch.Generator().manual_seed(0))
