@@ -44,6 +44,7 @@ def test_latent_convergence_quick(lc, tmp_path):
             "Speed-up over `dit`, equal NFE",
             "Speed-up over `sit`, converged NFE",
             "Has dit's curve flattened?",
+            "Long budget: where dit's curve flattens",
             "lr sweep",
             "fasterdit-no-std",
             "within the best two?",
@@ -54,6 +55,7 @@ def test_latent_convergence_quick(lc, tmp_path):
     files = {p: sorted(f.stem for f in (res / p).glob("*.json")) for p in lc.PARTS}
     assert files["lr"] == [f"{v}-lr{x:g}-s0" for v in lc.QUICK_LR_VARIANTS for x in lc.QUICK_LRS]
     assert files["headline"] == sorted(f"{v}-s{s}" for v in lc.HEADLINE for s in (0, 1))
+    assert files["long"] == sorted(f"{v}-s0" for v in lc.HEADLINE)
     assert files["ablations"] == sorted(f"{v}-s0" for v in lc.QUICK_ABLATIONS)
     assert files["std"] == sorted(
         f"{law}-x{k:g}-s0" for law in lc.QUICK_STD_LAWS for k in lc.QUICK_STD_SCALES
@@ -78,7 +80,12 @@ def test_latent_convergence_quick(lc, tmp_path):
     rec = json.loads((res / "snr_recommend.json").read_text())
     assert all(rec[law][m]["k"] > 0 for law in lc.STD_LAWS for m in ("median", "mass"))
     data = json.loads((out / "latent_convergence.json").read_text())
-    assert {"headline", "lr", "ablations", "std"} <= set(data["analysis"])
+    assert {"headline", "long", "lr", "ablations", "std"} <= set(data["analysis"])
+    # the long part: one seed, so its flatness is judged by the relative slope; fasterdit's converged-NFE
+    # checkpoints at 0.4 and 1 of 6 steps snap to the kept checkpoints 2 and 6
+    assert data["analysis"]["long"]["flatness"]["rule"] == "relative slope"
+    m = json.loads((res / "long" / "fasterdit-s0.json").read_text())
+    assert [e["step"] for e in m["evals"]] == [2, 4, 6] and [c["step"] for c in m["converged"]] == [2, 6]
 
     # resume: every run has its metrics file, so a second invocation trains nothing and rewrites the report
     before = {p: p.stat().st_mtime_ns for p in res.rglob("*-s*.json")}
@@ -93,9 +100,9 @@ def test_report_without_runs_says_not_run_yet(lc, tmp_path):
     argv = ["--report", "--results", str(tmp_path / "none"), "--out", str(tmp_path / "r")]
     assert lc.main(argv) == 0
     text = (tmp_path / "r" / "latent_convergence.md").read_text()
-    for part in ("headline", "lr", "ablations", "std"):
+    for part in ("headline", "long", "lr", "ablations", "std"):
         assert f"`python benchmarks/latent_convergence.py --part {part}`" in text
-    assert text.count("Not run yet") == 4 and "No run has finished yet" in text
+    assert text.count("Not run yet") == 5 and "No run has finished yet" in text
 
 
 def test_readings(lc):
@@ -117,6 +124,12 @@ def test_readings(lc):
     assert flat["flat"] and flat["final_spread"] == pytest.approx(0.4)
     steep = lc.flatness({"dit": [run("dit", 0, [9.0, 5.0, 2.0]), run("dit", 1, [9.0, 5.0, 2.2])]})
     assert not steep["flat"]
+    # one seed: flat when the last 3 evaluations fall by < FLAT_REL_SLOPE of the final FID per 1k steps
+    slow = [10.0, 10.0 - 0.3 * lc.FLAT_REL_SLOPE * 10.0, 10.0 - 0.6 * lc.FLAT_REL_SLOPE * 10.0]
+    one = lc.flatness({"dit": [run("dit", 0, slow, steps=(1000, 2000, 3000))]})
+    assert one["rule"] == "relative slope" and one["flat"]
+    fast = lc.flatness({"dit": [run("dit", 0, [10.0, 9.0, 8.0], steps=(1000, 2000, 3000))]})
+    assert fast["rule"] == "relative slope" and not fast["flat"]
     # ablation verdicts: an effect only outside fasterdit's seed range
     head = {
         "dit": [run("dit", 0, [6.0, 5.0, 4.0])],
