@@ -898,6 +898,30 @@ def speedup_reading(by: dict[str, list[convergence.Run]], base: str, budget: int
     }
 
 
+def speedup_profile(by: dict[str, list[convergence.Run]], base: str) -> list[dict[str, Any]]:
+    """The speed-up read at each of ``base``'s evaluations instead of only its last (seed-mean curves): the
+    steps ``fasterdit`` needs to reach the FID ``base`` had at step s, against s. A ratio that grows along
+    the curve says the final-FID speed-up understates the one at a later, flatter point; a steady one says
+    the budget does not change the reading much."""
+    if base not in by or "fasterdit" not in by:
+        return []
+    bs, bf, _, _ = convergence.mean_curve(by[base])
+    fs, ff, _, _ = convergence.mean_curve(by["fasterdit"])
+    out = []
+    for step, fid in zip(bs, bf):
+        n = common.steps_to_reach(fs, ff, fid)
+        out.append(
+            {
+                "base_step": step,
+                "target_fid": fid,
+                "fast_steps": n,
+                "speedup": step / n if n else None,
+                "lower_bound": common.reach_is_bounded(fs, ff, fid),
+            }
+        )
+    return out
+
+
 def slope(steps: list[int], fids: list[float], last: int = 3) -> float:
     """Least-squares slope of the last ``last`` evaluations, FID per 1000 steps."""
     xs, ys = [s / 1000 for s in steps[-last:]], fids[-last:]
@@ -1290,6 +1314,34 @@ def speedup_section(name: str, rd: dict[str, Any] | None, base: str) -> list[str
     return L
 
 
+def profile_section(profile: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """The speed-up at every evaluation of each baseline (equal NFE, seed-mean curves)."""
+    if not any(profile.values()):
+        return []
+    L = ["### The speed-up along the baseline's curve (equal NFE)\n"]
+    for b, rows in profile.items():
+        if not rows:
+            continue
+        cells = []
+        for d in rows:
+            ratio = "not reached" if d["speedup"] is None else f"{d['speedup']:.2f}×"
+            if d["lower_bound"] and d["speedup"] is not None:
+                ratio = f"≥ {ratio} (first evaluation)"
+            cells.append([d["base_step"], d["target_fid"], d["fast_steps"], ratio])
+        L += [
+            common.md_table(
+                [f"`{b}` step", f"`{b}` FID (seed mean)", "fasterdit steps to reach it", "speed-up"], cells
+            ),
+            "",
+        ]
+    L.append(
+        "Each row reads the speed-up at an earlier point of the baseline's curve. A ratio that grows down "
+        "the table says that the final-FID ratio above would grow with a longer budget; a steady one says "
+        "the budget is not what keeps it from the target.\n"
+    )
+    return L
+
+
 def _runs_by(ms: list[dict[str, Any]]) -> str:
     """The commands that made a part's runs (each metrics file holds its own)."""
     return "; ".join(f"`{c}`" for c in sorted({m["command"] for m in ms}))
@@ -1400,13 +1452,15 @@ def headline_section(
         "converged": {b: speedup_reading(byc, b, budget) for b in ("dit", "sit")},
     }
     fl = flatness(by)
-    res[part] = {"readings": readings, "flatness": fl}
+    profile = {b: speedup_profile(by, b) for b in ("dit", "sit")}
+    res[part] = {"readings": readings, "flatness": fl, "profile_equal_nfe": profile}
     png = plot_headline(by, byc, floors, real, budget, out / figure, hl[0]["settings"]["model"])
     L.append(f"![FID vs steps at equal and converged NFE]({png.name})\n")
     for kind, label in (("equal", "equal NFE"), ("converged", "converged NFE")):
         for b in ("dit", "sit"):
             L.append(f"### Speed-up over `{b}`, {label}\n")
             L.extend(speedup_section(label, readings[kind][b], b))
+    L += profile_section(profile)
     L.append("### Has dit's curve flattened?\n")
     if fl is None:
         L.append("*Needs the `dit` runs.*\n")

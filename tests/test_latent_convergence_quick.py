@@ -124,6 +124,13 @@ def test_readings(lc):
     assert flat["flat"] and flat["final_spread"] == pytest.approx(0.4)
     steep = lc.flatness({"dit": [run("dit", 0, [9.0, 5.0, 2.0]), run("dit", 1, [9.0, 5.0, 2.2])]})
     assert not steep["flat"]
+    # the speed-up at each of dit's evaluations: fasterdit's crossing by linear interpolation
+    prof = lc.speedup_profile(
+        {"dit": [run("dit", 0, [10.0, 6.0, 4.0])], "fasterdit": [run("fasterdit", 0, [8.0, 4.0, 2.0])]}, "dit"
+    )
+    assert [d["fast_steps"] for d in prof] == pytest.approx([300, 450, 600])
+    assert [d["speedup"] for d in prof] == pytest.approx([1.0, 600 / 450, 1.5])
+    assert [d["lower_bound"] for d in prof] == [True, False, False]
     # one seed: flat when the last 3 evaluations fall by < FLAT_REL_SLOPE of the final FID per 1k steps
     slow = [10.0, 10.0 - 0.3 * lc.FLAT_REL_SLOPE * 10.0, 10.0 - 0.6 * lc.FLAT_REL_SLOPE * 10.0]
     one = lc.flatness({"dit": [run("dit", 0, slow, steps=(1000, 2000, 3000))]})
