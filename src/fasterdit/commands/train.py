@@ -90,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
     if args.no_resume and ckpt_mod.latest_checkpoint(run_dir) is not None:
         raise UserError(f"{run_dir} already holds checkpoints; choose a new --run-dir (nothing was changed)")
     dist = init_distributed(cfg.train.device)
+    finished = False
     try:
         trainer = Trainer(
             cfg,
@@ -100,10 +101,11 @@ def run(args: argparse.Namespace) -> int:
             allow_config_change=args.allow_config_change,
         )
         trainer.run()
+        finished = True
     except KeyboardInterrupt:  # Ctrl-C outside the training loop (setup, exit): a message, no traceback
         raise UserError("interrupted (Ctrl-C); checkpoints on disk are untouched") from None
     finally:
-        cleanup()
+        cleanup(synchronize=finished)
     return 0
 
 

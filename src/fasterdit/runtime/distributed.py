@@ -124,8 +124,15 @@ def object_group(info: DistInfo, timeout: timedelta) -> Any:
     return dist.new_group(backend="gloo", timeout=timeout)
 
 
-def cleanup() -> None:
+def cleanup(synchronize: bool = False) -> None:
+    """Leave the process group. ``synchronize`` (a normal exit): wait for every rank first, so that no
+    rank tears down its connections while a peer still uses them; with gloo a peer whose connection is
+    closed under it can abort ("terminate called without an active exception") after all its work is
+    done, and the launcher then reports the whole job as failed. Not on an error path: a failed peer may
+    never arrive at the barrier."""
     if dist.is_available() and dist.is_initialized():
+        if synchronize and dist.get_world_size() > 1:
+            dist.barrier()
         dist.destroy_process_group()
 
 
