@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -262,5 +263,5 @@ def run(args: argparse.Namespace) -> int:
             print(result["standard"]["summary"])
         print(f"wrote {out_path}")
         return 0
-    finally:
-        cleanup()
+    finally:  # a normal exit (no exception propagating) waits for every rank: see cleanup
+        cleanup(synchronize=sys.exc_info()[0] is None)

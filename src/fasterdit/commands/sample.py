@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from pathlib import Path
 
 from fasterdit.commands._sampling import (
@@ -125,5 +126,5 @@ def run(args: argparse.Namespace) -> int:
         if dist.is_main:
             print(summary(res, lm, settings))
         return 0
-    finally:
-        cleanup()
+    finally:  # a normal exit (no exception propagating) waits for every rank: see cleanup
+        cleanup(synchronize=sys.exc_info()[0] is None)
