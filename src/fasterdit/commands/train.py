@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 from fasterdit.errors import ConfigError, UserError
@@ -90,7 +91,6 @@ def run(args: argparse.Namespace) -> int:
     if args.no_resume and ckpt_mod.latest_checkpoint(run_dir) is not None:
         raise UserError(f"{run_dir} already holds checkpoints; choose a new --run-dir (nothing was changed)")
     dist = init_distributed(cfg.train.device)
-    finished = False
     try:
         trainer = Trainer(
             cfg,
@@ -101,11 +101,10 @@ def run(args: argparse.Namespace) -> int:
             allow_config_change=args.allow_config_change,
         )
         trainer.run()
-        finished = True
     except KeyboardInterrupt:  # Ctrl-C outside the training loop (setup, exit): a message, no traceback
         raise UserError("interrupted (Ctrl-C); checkpoints on disk are untouched") from None
-    finally:
-        cleanup(synchronize=finished)
+    finally:  # a normal exit (no exception propagating) waits for every rank: see cleanup
+        cleanup(synchronize=sys.exc_info()[0] is None)
     return 0
 
 
