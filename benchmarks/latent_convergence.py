@@ -111,7 +111,7 @@ class Sizes:
 #: per part. headline/ablations: 7 evaluations (one at 1/7 of the budget, the last three give dit's slope)
 SIZES: dict[str, Sizes] = {
     "headline": Sizes(2100, 300, (("dit", (1.0,)), ("sit", (1.0,)), ("fasterdit", (SEVENTH, 3 / 7, 1.0)))),
-    # one seed, 4x the headline's budget: where dit's curve flattens (the headline's 2,100 steps are too few
+    # one seed, 4x the headline's budget, to see whether dit's curve flattens (2,100 steps are too few
     # for dit; 3 seeds of this do not fit the machine), read like the headline
     "long": Sizes(8400, 1200, (("dit", (1.0,)), ("sit", (1.0,)), ("fasterdit", (SEVENTH, 3 / 7, 1.0)))),
     "lr": Sizes(1400, 350),  # shorter budget (2/3), no converged-NFE evaluation
@@ -1413,7 +1413,7 @@ def setup_section(
 HEADLINE_PARTS = {
     "headline": ("Headline: dit, sit, fasterdit at their own best lr", "latent_convergence.png"),
     "long": (
-        "Long budget: where dit's curve flattens (one seed, 4× the headline's steps)",
+        "Long budget: 4× the headline's steps (one seed), to see whether dit's curve flattens",
         "latent_convergence_long.png",
     ),
 }

@@ -44,7 +44,7 @@ def test_latent_convergence_quick(lc, tmp_path):
             "Speed-up over `dit`, equal NFE",
             "Speed-up over `sit`, converged NFE",
             "Has dit's curve flattened?",
-            "Long budget: where dit's curve flattens",
+            "Long budget: 4× the headline's steps",
             "lr sweep",
             "fasterdit-no-std",
             "within the best two?",
