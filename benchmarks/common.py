@@ -133,7 +133,7 @@ def same_config(saved: Any, cfg: Any) -> bool:
     A field added to ``RunConfig`` later (with a default) must not make every finished benchmark run look
     different and be retrained: the saved dict is parsed back through ``config_from_dict`` first.
     """
-    from fasterdit.train.config import config_from_dict
+    from fasterdit.run.config import config_from_dict
 
     if not isinstance(saved, dict):
         return False
@@ -169,7 +169,7 @@ def run_config(
 
     ``ckpt_every > 0`` lets an interrupted benchmark resume a run (the trainer resumes exactly).
     """
-    from fasterdit.train.config import config_from_dict
+    from fasterdit.run.config import config_from_dict
 
     d: dict[str, Any] = {
         "seed": seed,

@@ -287,7 +287,7 @@ def time_trainer(
 ) -> dict[str, Any]:
     """Seconds per step of the real trainer loop between its after-step hooks (synchronised at both ends
     of the timed window), and the time from ``run()`` to the end of the first step (setup + compile)."""
-    from fasterdit.train.config import load_config
+    from fasterdit.run.config import load_config
     from fasterdit.train.trainer import Trainer
 
     cfg = load_config(CONFIG, trainer_overrides(model, batch, variant, plan, data, device))

@@ -566,9 +566,9 @@ def converged_eval(run_dir: Path, step: int, conv: dict[str, Any], num_samples: 
     """FID etc. of the EMA weights of the checkpoint at ``step`` with the converged-NFE sampler (same noise
     as the run's in-training evaluations), cached in the run dir so an interrupted part does not redo it."""
     from fasterdit.eval import evaluate
-    from fasterdit.train import checkpoint as ckpt_mod
+    from fasterdit.generate.loading import load_trained
+    from fasterdit.run import checkpoint as ckpt_mod
     from fasterdit.train.data_order import derive_seed
-    from fasterdit.train.loading import load_trained
     from fasterdit.train.trainer import EVAL_TAG
 
     key = {**conv, "num_samples": num_samples, "step": step}
@@ -581,7 +581,7 @@ def converged_eval(run_dir: Path, step: int, conv: dict[str, Any], num_samples: 
     if ckpt is None:
         raise SystemExit(f"{run_dir}: no checkpoint at step {step} for the converged-NFE evaluation")
     lm = load_trained(ckpt, ema=True, device="cpu")
-    origin = lm.data["origin"]
+    origin = lm.data.origin.to_dict()
     res = evaluate(
         lm.model,
         lm.recipe,
@@ -592,7 +592,7 @@ def converged_eval(run_dir: Path, step: int, conv: dict[str, Any], num_samples: 
         cfg_scale=1.0,
         seed=derive_seed(seed, EVAL_TAG) % (2**31),
         sampler_kwargs=dict(conv["kwargs"]) or None,
-        decode=_decoder(lm.data["vae"], origin["resolution"]),
+        decode=_decoder(lm.data.vae, origin["resolution"]),
     )
     out = {k: res[k] for k in EVAL_KEYS if k in res}
     out.update(step=step, sampler_kwargs=conv["kwargs"])
@@ -605,7 +605,7 @@ def converged_eval(run_dir: Path, step: int, conv: dict[str, Any], num_samples: 
 
 
 def run_job(args: argparse.Namespace, job: Job, latents: dict[str, Any]) -> dict[str, Any]:
-    from fasterdit.train import checkpoint as ckpt_mod
+    from fasterdit.run import checkpoint as ckpt_mod
     from fasterdit.train.trainer import Trainer, TrainingAborted
 
     path = results_dir(args) / job.part / f"{job.name}.json"

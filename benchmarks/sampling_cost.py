@@ -147,7 +147,7 @@ def plot(rows: list[dict[str, Any]], floor: float | None, path: Path, title: str
 
 
 def main(argv: list[str] | None = None) -> int:
-    from fasterdit.train import load_model
+    from fasterdit.generate import load_model
 
     args = parse_args(argv)
     common.set_argv(argv)

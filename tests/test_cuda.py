@@ -39,10 +39,10 @@ from PIL import Image
 
 from fasterdit.cli import main
 from fasterdit.diffusion import DiffusionLoss, get_preset
+from fasterdit.generate import load_model
 from fasterdit.models import CONFIGS, DiT, create_model
-from fasterdit.train import checkpoint as ck
-from fasterdit.train import load_model
-from fasterdit.train.config import load_config
+from fasterdit.run import checkpoint as ck
+from fasterdit.run.config import load_config
 from fasterdit.train.logging import read_metrics
 from fasterdit.train.trainer import Trainer
 from tiny_run import TINY_RUN

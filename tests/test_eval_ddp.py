@@ -14,10 +14,10 @@ import sys
 import torch
 
 from fasterdit.eval import evaluate_samples
-from fasterdit.eval.sample_job import SampleSettings, sample_shared
+from fasterdit.generate.job import SampleSettings, sample_shared
+from fasterdit.generate.loading import load_trained
 from fasterdit.runtime.distributed import DistInfo
 from fasterdit.train.data_order import derive_seed
-from fasterdit.train.loading import load_trained
 from fasterdit.train.logging import read_metrics
 from fasterdit.train.trainer import EVAL_TAG
 from tiny_run import TINY_RUN

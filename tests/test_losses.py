@@ -402,8 +402,8 @@ def test_imagenet_configs_train_the_references_loss_and_optimizer(overrides):
     weight decay, no warm-up, no clipping (docs/benchmarks/grad_clip.md measured that it can go)."""
     from pathlib import Path
 
+    from fasterdit.run.config import load_config
     from fasterdit.train.build import ShapeOnly, build_recipe, resolve_recipe_on_data
-    from fasterdit.train.config import load_config
 
     path = Path(__file__).resolve().parents[1] / "configs" / "imagenet256.yaml"
     cfg = load_config(str(path), overrides)

@@ -16,9 +16,9 @@ import pytest
 import torch
 
 from fasterdit.cli import main
+from fasterdit.generate.loading import load_trained
 from fasterdit.models import create_model
 from fasterdit.models.official import checkpoint_family
-from fasterdit.train.loading import load_trained
 
 F64 = torch.float64
 NULL = 10  # the null class of a 10-class model

@@ -26,8 +26,8 @@ import torch
 
 from fasterdit.cli import main
 from fasterdit.errors import ConfigError
-from fasterdit.train import checkpoint as ck
-from fasterdit.train.config import load_config
+from fasterdit.run import checkpoint as ck
+from fasterdit.run.config import load_config
 from fasterdit.train.logging import read_metrics
 from fasterdit.train.runlock import RunDirLocked, RunLock
 from fasterdit.train.trainer import Trainer, TrainingAborted
@@ -213,7 +213,7 @@ def test_flipped_byte_falls_back_to_the_previous_intact_checkpoint(run_copy, nam
 
 
 def test_sample_and_eval_loading_verify_checksums(run_copy, capsys):
-    from fasterdit.train.loading import load_trained
+    from fasterdit.generate.loading import load_trained
 
     bad = run_copy / "checkpoints" / "step-000000004"
     flip_byte(bad / "ema.safetensors")
@@ -301,8 +301,8 @@ def test_free_space_is_checked_against_the_last_checkpoint_before_writing(run_co
 TMPFS = textwrap.dedent(
     """
     import sys
-    from fasterdit.train import checkpoint as ck
-    from fasterdit.train.config import load_config
+    from fasterdit.run import checkpoint as ck
+    from fasterdit.run.config import load_config
     from fasterdit.train.trainer import Trainer
 
     if sys.argv[2] == "no-precheck":  # let the real writers hit the full disk
@@ -531,7 +531,7 @@ CTRL_C = textwrap.dedent(
     """
     import sys, time
     from fasterdit.cli import main
-    from fasterdit.train import checkpoint as ck
+    from fasterdit.run import checkpoint as ck
 
     real = ck._save_torch
 

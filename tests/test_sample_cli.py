@@ -9,8 +9,8 @@ import torch
 from PIL import Image
 
 from fasterdit.cli import main
+from fasterdit.generate import load_model
 from fasterdit.models import create_model
-from fasterdit.train import load_model
 
 SETS = [
     "data.source=digits",
@@ -107,7 +107,7 @@ def test_sample_bad_input_is_a_clear_error(run_dir, tmp_path, capsys):
 
 
 def test_load_model_matches_training_ema(run_dir):
-    from fasterdit.train import checkpoint as ck
+    from fasterdit.run import checkpoint as ck
 
     model, recipe, cfg = load_model(run_dir)
     ema = ck.load_tensors(ck.latest_checkpoint(run_dir), "ema")

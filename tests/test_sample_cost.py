@@ -1,4 +1,4 @@
-"""`--dry-run` of a sampling job (fasterdit.eval.sample_cost).
+"""`--dry-run` of a sampling job (fasterdit.generate.cost).
 
 The evaluation counts come from a stand-in network; the reference is the real network run through
 the same sampler with a counting wrapper (calls, and calls whose batch is doubled by guidance).
@@ -13,8 +13,8 @@ import torch
 from fasterdit.cli import main
 from fasterdit.diffusion.recipe import get_preset
 from fasterdit.diffusion.sampling import sample
-from fasterdit.eval.sample_cost import sampling_cost
-from fasterdit.eval.sample_job import SampleSettings
+from fasterdit.generate.cost import sampling_cost
+from fasterdit.generate.job import SampleSettings
 from fasterdit.models import create_model
 from fasterdit.models.cost import GPUS, estimate_cost
 from test_official_sampling import random_dit, save_official

@@ -1,4 +1,4 @@
-"""Distributed, resumable sampling jobs (fasterdit.eval.sample_job, `fasterdit sample --out x.npz`).
+"""Distributed, resumable sampling jobs (fasterdit.generate.job, `fasterdit sample --out x.npz`).
 
 What is proven here, on a tiny trained DiT-Mi/2 (8×8 digits):
 
@@ -24,10 +24,10 @@ import pytest
 import torch
 
 from fasterdit.cli import main
-from fasterdit.eval import sample_seeds
-from fasterdit.eval.sample_job import SampleSettings, pending_ranges, run_sample_job, work_dir
+from fasterdit.generate import seeds as sample_seeds
+from fasterdit.generate.job import SampleSettings, pending_ranges, run_sample_job, work_dir
+from fasterdit.generate.loading import load_trained
 from fasterdit.runtime.distributed import DistInfo
-from fasterdit.train.loading import load_trained
 from tiny_run import TINY_RUN
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}

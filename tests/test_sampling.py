@@ -622,7 +622,7 @@ def test_sampler_options_match_the_signatures():
     """sample() checks options against SAMPLER_OPTIONS; the declaration must be the signature."""
     import inspect
 
-    from fasterdit.diffusion.sampling import SAMPLER_OPTIONS
+    from fasterdit.diffusion.sampler_options import SAMPLER_OPTIONS
 
     assert set(SAMPLER_OPTIONS) == set(SAMPLERS)
     fixed = ("model_fn", "noise", "schedule", "target", "steps", "shift", "return_trajectory")

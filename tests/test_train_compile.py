@@ -11,8 +11,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fasterdit.train import checkpoint as ck
-from fasterdit.train.config import load_config
+from fasterdit.run import checkpoint as ck
+from fasterdit.run.config import load_config
 from fasterdit.train.trainer import Trainer
 from tiny_run import TINY_RUN
 

@@ -10,8 +10,8 @@ import yaml
 
 from fasterdit.cli import main
 from fasterdit.errors import ConfigError, DataError
+from fasterdit.run.config import RunConfig, config_from_dict, load_config
 from fasterdit.train.build import check_config
-from fasterdit.train.config import RunConfig, config_from_dict, load_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 SHIPPED = ["demo", "mnist", "imagenet256"]

@@ -14,8 +14,8 @@ import sys
 import pytest
 import torch
 
-from fasterdit.train import checkpoint as ck
-from fasterdit.train.config import load_config
+from fasterdit.run import checkpoint as ck
+from fasterdit.run.config import load_config
 from fasterdit.train.logging import read_metrics
 from fasterdit.train.trainer import Trainer
 

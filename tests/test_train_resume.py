@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from fasterdit.train import checkpoint as ck
-from fasterdit.train.config import load_config
+from fasterdit.run import checkpoint as ck
+from fasterdit.run.config import load_config
 from fasterdit.train.trainer import Trainer, TrainingAborted
 from tiny_run import TINY_RUN, train_cli
 
@@ -92,8 +92,8 @@ def test_epoch_boundary_and_world_size_independent_data_order():
 CRASH = textwrap.dedent(
     """
     import os, signal, sys
-    from fasterdit.train import checkpoint as ck
-    from fasterdit.train.config import load_config
+    from fasterdit.run import checkpoint as ck
+    from fasterdit.run.config import load_config
     from fasterdit.train.trainer import Trainer
 
     real = ck._save_torch
@@ -134,7 +134,7 @@ def test_sigkill_during_checkpoint_write_keeps_previous_and_resumes_exactly(tmp_
     assert any(p.name.startswith(".tmp-") for p in root.iterdir()), "the partial write should be left behind"
     latest = ck.latest_checkpoint(run_dir)
     assert latest is not None and ck.checkpoint_step(latest) == 3
-    from fasterdit.train.loading import load_model
+    from fasterdit.generate.loading import load_model
 
     model, _recipe, _cfg = load_model(run_dir)  # the previous checkpoint loads
     assert sum(p.numel() for p in model.parameters()) > 0
@@ -210,7 +210,7 @@ def test_stream_of_nans_aborts_naming_step_and_last_good_checkpoint(tmp_path):
     assert "step-000000004" in msg and "intact" in msg
     latest = ck.latest_checkpoint(tmp_path)
     assert ck.checkpoint_step(latest) == 4 and ck.is_complete(latest)
-    from fasterdit.train.loading import load_model
+    from fasterdit.generate.loading import load_model
 
     model, _, _ = load_model(tmp_path)
     assert all(torch.isfinite(p).all() for p in model.parameters())

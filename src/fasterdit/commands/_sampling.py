@@ -110,8 +110,8 @@ def build_settings(
     labels: tuple[int, ...] | None = None,
 ) -> Any:
     """The job's :class:`SampleSettings` from resolved defaults plus the flags every command shares."""
-    from fasterdit.eval.sample_job import SampleSettings
-    from fasterdit.eval.sample_seeds import check_labels
+    from fasterdit.generate.job import SampleSettings
+    from fasterdit.generate.seeds import check_labels
 
     model, d = lm.model, lm.sampling
     if cfg_scale != 1.0 and (model.y_embedder is None or not model.y_embedder.has_null_class):
@@ -141,9 +141,9 @@ def _precision(flag: str, model: Any) -> str:
 
 def vae_id(args: argparse.Namespace, lm: Any) -> str | None:
     """The VAE a latent model's samples are decoded with (None for pixel models)."""
-    if not lm.data.get("is_latent"):
+    if not lm.data.is_latent:
         return None
-    vid = args.vae or lm.data.get("vae")
+    vid = args.vae or lm.data.vae
     if not vid:
         raise UserError("this is a latent model and its run records no VAE: pass --vae ID_OR_PATH")
     return str(vid)
@@ -152,12 +152,12 @@ def vae_id(args: argparse.Namespace, lm: Any) -> str | None:
 def origin_crop(lm: Any) -> int | None:
     """The side decoded samples are cropped to: the embedded images' own size when the autoencoder saw
     them padded (``mnist-ae``: 32 -> 28), else None (decoded images are the samples)."""
-    origin = lm.data.get("origin")
-    return int(origin["resolution"]) if origin else None
+    origin = lm.data.origin
+    return origin.resolution if origin else None
 
 
 def print_dry_run(lm: Any, settings: Any, args: argparse.Namespace) -> None:
-    from fasterdit.eval.sample_cost import sampling_cost
+    from fasterdit.generate.cost import sampling_cost
 
     # the GPU run's arithmetic: auto is bf16 on CUDA; tf32/fp32 use the TF32 tensor-core peak
     dtype = "bf16" if args.precision in ("auto", "bf16") else "fp32"
@@ -170,8 +170,8 @@ def print_dry_run(lm: Any, settings: Any, args: argparse.Namespace) -> None:
 def run_job(args: argparse.Namespace, lm: Any, settings: Any, out: Path, dist: Any) -> Any:
     """Sample ``settings`` into ``out`` with this process's share of the work (see sample_job)."""
 
-    from fasterdit.eval.provenance import checkpoint_record
-    from fasterdit.eval.sample_job import run_sample_job
+    from fasterdit.generate.job import run_sample_job
+    from fasterdit.generate.provenance import checkpoint_record
 
     vid = vae_id(args, lm)
     decode = None

@@ -100,7 +100,7 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 
 def _check_args(args: argparse.Namespace) -> Path:
     """Every flag checked and every output path proven writable before any sampling."""
-    from fasterdit.train.cli_checks import check_sampling_args, prepare_output
+    from fasterdit.generate.checks import check_sampling_args, prepare_output
 
     if bool(args.ckpt) == bool(args.samples_npz):
         raise UserError("give exactly one of --ckpt (sample a model) or --samples-npz (saved samples)")
@@ -144,10 +144,10 @@ def _eval_defaults(args: argparse.Namespace, lm: Any) -> tuple[str, int, float]:
 
 def _sample_checkpoint(args: argparse.Namespace, dist: Any, out_path: Path) -> dict[str, Any] | None:
     """Sample with every rank; on rank 0 the samples file and what to record about it, else None."""
-    from fasterdit.train.loading import load_trained
+    from fasterdit.generate.loading import load_trained
 
     lm = load_trained(args.ckpt, ema=not args.no_ema, device=dist.device, family=args.family)
-    if lm.data.get("is_latent") and not lm.data.get("origin") and not args.reference_npz:
+    if lm.data.is_latent and lm.data.origin is None and not args.reference_npz:
         raise UserError(
             "a latent-space model of images that are not an embedded dataset: the offline metrics need "
             "pixels of mnist/digits (as pixels, or latents prepared from them: fasterdit prepare --images "
@@ -187,8 +187,8 @@ def _sample_checkpoint(args: argparse.Namespace, dist: Any, out_path: Path) -> d
 def _run_dataset(lm: Any) -> str:
     """The embedded dataset whose classifier scores this run: the one its images came from (for latent
     runs, the dataset ``fasterdit prepare`` encoded), else the configured source name."""
-    origin = lm.data.get("origin")
-    return str(origin["dataset"]) if origin else str(lm.cfg.data.source)
+    origin = lm.data.origin
+    return origin.dataset if origin else str(lm.cfg.data.source)
 
 
 def _metrics(args: argparse.Namespace, samples: Path, dataset: str, extractor: Any) -> dict[str, Any]:
@@ -229,8 +229,8 @@ def _metrics(args: argparse.Namespace, samples: Path, dataset: str, extractor: A
 
 
 def run(args: argparse.Namespace) -> int:
-    from fasterdit.eval.sample_job import sidecar_path
     from fasterdit.eval.standard import load_inception
+    from fasterdit.generate.job import sidecar_path
     from fasterdit.runtime.distributed import cleanup, init_distributed
 
     out_path = _check_args(args)

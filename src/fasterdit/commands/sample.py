@@ -9,7 +9,7 @@ Examples::
         --sampler ddpm --steps 250 --cfg 1.5 --out samples.npz          # FID-50K, resumable
     fasterdit sample --ckpt DiT-XL-2-256x256.pt --num-samples 50000 --cfg 1.5 --out s.npz --dry-run
 
-An ``.npz`` is written by a sampling job (:mod:`fasterdit.eval.sample_job`): sample i's noise and
+An ``.npz`` is written by a sampling job (:mod:`fasterdit.generate.job`): sample i's noise and
 label depend only on (seed, i), so the file is the same for any number of processes and any batch
 size; finished batches are kept in ``OUT.work/`` and a rerun resumes; ``OUT.json`` records how the
 samples were made. A PNG grid is sampled in this process.
@@ -70,7 +70,7 @@ def _grid(lm, settings, out: Path, nrow: int | None, batch_size: int, device, va
     import numpy as np
     import torch
 
-    from fasterdit.eval.sample_job import sample_range
+    from fasterdit.generate.job import sample_range
     from fasterdit.viz import save_image_grid
 
     decode = None
@@ -91,9 +91,9 @@ def _grid(lm, settings, out: Path, nrow: int | None, batch_size: int, device, va
 
 
 def run(args: argparse.Namespace) -> int:
+    from fasterdit.generate.checks import check_sampling_args, prepare_output
+    from fasterdit.generate.loading import load_trained
     from fasterdit.runtime.distributed import cleanup, init_distributed
-    from fasterdit.train.cli_checks import check_sampling_args, prepare_output
-    from fasterdit.train.loading import load_trained
 
     out = Path(args.out)
     png = out.suffix.lower() == ".png"

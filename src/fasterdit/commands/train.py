@@ -64,7 +64,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _load(args: argparse.Namespace):
-    from fasterdit.train.config import load_config
+    from fasterdit.run.config import load_config
 
     spec = args.config
     run_cfg = Path(args.run_dir) / "config.yaml" if args.run_dir else None
@@ -84,8 +84,8 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         return _dry_run(cfg, args)
 
+    from fasterdit.run import checkpoint as ckpt_mod
     from fasterdit.runtime.distributed import cleanup, init_distributed
-    from fasterdit.train import checkpoint as ckpt_mod
     from fasterdit.train.trainer import Trainer
 
     if args.no_resume and ckpt_mod.latest_checkpoint(run_dir) is not None:
@@ -111,8 +111,8 @@ def run(args: argparse.Namespace) -> int:
 def _dry_run(cfg, args: argparse.Namespace) -> int:
     from fasterdit.data.source import open_source
     from fasterdit.models.cost import estimate_cost
+    from fasterdit.run.config import check_world
     from fasterdit.train.build import ShapeOnly, build_recipe, check_expected_shape, model_kwargs
-    from fasterdit.train.config import check_world
 
     world = args.gpus or int(os.environ.get("WORLD_SIZE", "1"))
     cfg.validate()

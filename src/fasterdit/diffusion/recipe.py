@@ -36,7 +36,7 @@ import yaml
 from torch import Tensor
 
 from fasterdit.diffusion.codec import dataclass_from_mapping, field_dict, reject_unknown
-from fasterdit.diffusion.sampling import SAMPLERS
+from fasterdit.diffusion.sampler_options import SAMPLER_NAMES
 from fasterdit.diffusion.scaling import DataScaling
 from fasterdit.diffusion.schedules import SCHEDULES, Schedule, get_schedule
 from fasterdit.diffusion.targets import TARGETS
@@ -150,7 +150,7 @@ class SamplerConfig:
     guidance_interval: list[float] | None = None
 
     def validate(self, sched: Schedule) -> None:
-        _check_choice("sampler.name", self.name, tuple(SAMPLERS))
+        _check_choice("sampler.name", self.name, SAMPLER_NAMES)
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
             raise ConfigError("sampler.steps", f"must be a positive integer, got {self.steps!r}")
         _check_number("sampler.shift", self.shift, positive=True)

@@ -27,18 +27,18 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
+from fasterdit.diffusion.sampler_options import SAMPLER_OPTIONS
 from fasterdit.diffusion.sampling_base import ModelFn, Network, NoiseSource, PerSampleNoise, SampleResult
 from fasterdit.diffusion.sampling_ddpm import ddim, ddpm, space_timesteps
 from fasterdit.diffusion.sampling_ode import dopri5, euler, euler_maruyama, heun
 from fasterdit.errors import ConfigError
 from fasterdit.guidance import cfg_mix, guided_channels
 
-if TYPE_CHECKING:  # the recipe module imports this one (for the sampler names)
+if TYPE_CHECKING:  # annotations only: the recipe module reads the sampler names from sampler_options
     from fasterdit.diffusion.recipe import Recipe
 
 __all__ = [
     "SAMPLERS",
-    "SAMPLER_OPTIONS",
     "ModelFn",
     "Network",
     "PerSampleNoise",
@@ -62,21 +62,6 @@ SAMPLERS: dict[str, Callable[..., SampleResult]] = {
     "ddpm": ddpm,
     "ddim": ddim,
 }
-
-#: The keyword options each sampler takes beyond ``steps``, ``shift`` and ``return_trajectory``
-#: (which :func:`sample` always passes), in the order of its signature; ``generator`` marks the
-#: stochastic ones. Declared here, beside the
-#: registry, so that :func:`sample` can reject a misspelt option by name without inspecting the
-#: functions; ``tests/test_sampling.py`` checks it against the signatures.
-SAMPLER_OPTIONS: dict[str, tuple[str, ...]] = {
-    "euler": ("t_max", "last_step"),
-    "heun": ("t_max", "last_step"),
-    "dopri5": ("rtol", "atol", "t_max", "t_min", "method"),
-    "euler-maruyama": ("generator", "diffusion", "diffusion_norm", "last_step", "last_step_size", "t_max"),
-    "ddpm": ("generator", "variance", "respacing", "clip_x0", "t_max"),
-    "ddim": ("eta", "generator", "respacing", "clip_x0", "t_max"),
-}
-
 
 def _check_interval(interval: Any) -> tuple[float, float] | None:
     if interval is None:

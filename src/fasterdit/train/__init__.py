@@ -1,26 +1,20 @@
-"""Training: config, trainer loop, distributed setup, checkpoints, EMA, logging, model loading.
+"""Training: the trainer loop, its parts (model, EMA, optimizer, DDP), resume, signals and logging.
 
-Heavy pieces are imported lazily so that ``from fasterdit.train import load_model`` stays cheap.
+The run format it writes (config and checkpoints) is :mod:`fasterdit.run`; loading a trained model to
+sample it is :mod:`fasterdit.generate`. The trainer is imported lazily so that ``import fasterdit.train``
+stays cheap for ``fasterdit --help``.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["RunConfig", "Trainer", "load_config", "load_model", "load_trained", "train"]
+__all__ = ["Trainer", "train"]
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("load_model", "load_trained"):
-        from fasterdit.train import loading
-
-        return getattr(loading, name)
     if name in ("Trainer", "train"):
         from fasterdit.train import trainer
 
         return getattr(trainer, name)
-    if name in ("RunConfig", "load_config"):
-        from fasterdit.train import config
-
-        return getattr(config, name)
     raise AttributeError(f"module 'fasterdit.train' has no attribute {name!r}")

@@ -17,8 +17,8 @@ from fasterdit.data.stats import DataStats
 from fasterdit.diffusion.recipe import PRESETS, Recipe, get_preset
 from fasterdit.errors import ConfigError, UserError
 from fasterdit.models import create_model
+from fasterdit.run.config import RunConfig, check_world
 from fasterdit.train import preflight
-from fasterdit.train.config import RunConfig, check_world
 
 __all__ = [
     "ShapeOnly",
@@ -26,7 +26,6 @@ __all__ = [
     "build_recipe",
     "check_config",
     "check_expected_shape",
-    "data_description",
     "model_kwargs",
     "resolve_recipe_on_data",
 ]
@@ -103,23 +102,6 @@ def build_model(cfg: RunConfig, source, recipe: Recipe, device: torch.device | s
         field = "model.name" if err.field == "model" else f"model.{err.field}"
         raise ConfigError(field, str(err).split(": ", 1)[-1]) from None
     return model
-
-
-def data_description(source, spec: str) -> dict[str, Any]:
-    """What a checkpoint records about its data (enough to sample without the data)."""
-    return dict(
-        source=spec,
-        channels=int(source.channels),
-        resolution=int(source.resolution),
-        num_classes=int(source.num_classes),
-        is_latent=bool(source.is_latent),
-        vae=source.vae,
-        origin=source.origin.to_dict() if source.origin is not None else None,
-        channel_mean=list(source.stats.mean),
-        channel_std=list(source.stats.std),
-        pooled_std=source.stats.pooled_std,
-        size=len(source),
-    )
 
 
 def check_expected_shape(cfg: RunConfig, source) -> None:

@@ -19,7 +19,7 @@ from fasterdit.data.vae import latent_decoder
 from fasterdit.diffusion.sampling import sample
 from fasterdit.errors import UserError
 from fasterdit.eval import evaluate, evaluate_samples
-from fasterdit.eval.sample_job import SampleSettings, sample_shared
+from fasterdit.generate.job import SampleSettings, sample_shared
 from fasterdit.train.data_order import SAMPLE_TAG, derive_seed
 from fasterdit.train.logging import MetricsLogger, plot_eval_curve, plot_loss_curve
 from fasterdit.train.parts import TrainParts

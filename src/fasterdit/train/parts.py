@@ -18,8 +18,8 @@ from fasterdit.data.source import EmbeddedSource
 from fasterdit.diffusion.losses import DiffusionLoss
 from fasterdit.errors import ConfigError
 from fasterdit.models.dit import DiT
+from fasterdit.run.config import OptimConfig, TrainConfig
 from fasterdit.train.build import build_model
-from fasterdit.train.config import OptimConfig, TrainConfig
 from fasterdit.train.data_order import IndexStream, derive_seed
 from fasterdit.train.ema import EMA
 from fasterdit.train.state import RunContext

@@ -19,7 +19,7 @@ from fasterdit.diffusion.recipe import Recipe
 from fasterdit.diffusion.sampling import SAMPLERS
 from fasterdit.errors import ConfigError
 from fasterdit.models.cost import estimate_cost
-from fasterdit.train.config import RunConfig
+from fasterdit.run.config import RunConfig
 
 __all__ = [
     "available_memory",

@@ -1,6 +1,6 @@
 """Save and resume: a run's whole state into a checkpoint, and back from the best intact one.
 
-What a checkpoint holds (see :mod:`fasterdit.train.checkpoint` for the crash-safe format): the raw and
+What a checkpoint holds (see :mod:`fasterdit.run.checkpoint` for the crash-safe format): the raw and
 EMA weights, the optimizer, the :class:`~fasterdit.train.state.TrainState` counters, every rank's RNG
 states and the step generator. Why the RNG states although each step reseeds its own generator: the
 global RNGs are the user's (a test hook, a custom loss), and restoring them costs nothing.
@@ -21,9 +21,9 @@ import numpy as np
 import torch
 
 from fasterdit.errors import ConfigError
+from fasterdit.run import checkpoint as ckpt_mod
+from fasterdit.run.description import DataDescription
 from fasterdit.runtime.distributed import broadcast_object, gather_objects
-from fasterdit.train import checkpoint as ckpt_mod
-from fasterdit.train.build import data_description
 from fasterdit.train.parts import TrainParts
 from fasterdit.train.preflight import recipe_differences
 from fasterdit.train.result import TrainingAborted
@@ -291,7 +291,7 @@ class Checkpointer:
                 "config": cfg.to_dict(),
                 "recipe": ctx.recipe.to_dict(),
                 "model": {"name": cfg.model.name, **ctx.model_kwargs},
-                "data": data_description(ctx.source, cfg.data.source),
+                "data": DataDescription.of_source(ctx.source, cfg.data.source).to_dict(),
                 "world_size": dist.world_size,
                 "torch": torch.__version__,
             }

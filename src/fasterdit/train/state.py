@@ -14,8 +14,8 @@ from typing import Any
 
 from fasterdit.data.source import BatchSource
 from fasterdit.diffusion.recipe import Recipe
+from fasterdit.run.config import RunConfig
 from fasterdit.runtime.distributed import DistInfo
-from fasterdit.train.config import RunConfig
 from fasterdit.train.logging import Console
 
 __all__ = ["RunContext", "TrainState"]

@@ -29,8 +29,8 @@ import torch
 from fasterdit.data.source import BatchSource
 from fasterdit.diffusion.recipe import Recipe
 from fasterdit.models.dit import DiT
+from fasterdit.run.config import OptimConfig
 from fasterdit.runtime.distributed import all_reduce_sum
-from fasterdit.train.config import OptimConfig
 from fasterdit.train.data_order import LATENT_TAG, STEP_TAG, derive_seed, rank_slice
 from fasterdit.train.parts import TrainParts
 from fasterdit.train.signals import StopRequest

@@ -27,11 +27,11 @@ from typing import Any
 
 import yaml
 
+from fasterdit.run import checkpoint as ckpt_mod
+from fasterdit.run.config import RunConfig, config_from_dict
 from fasterdit.runtime.distributed import DistInfo, barrier, broadcast_object, init_distributed
 from fasterdit.runtime.files import atomic_write_text
-from fasterdit.train import checkpoint as ckpt_mod
 from fasterdit.train.build import check_config, model_kwargs
-from fasterdit.train.config import RunConfig, config_from_dict
 from fasterdit.train.logging import Console, MetricsLogger, Progress
 from fasterdit.train.monitor import Monitor
 from fasterdit.train.outputs import EVAL_TAG, Outputs

@@ -7,9 +7,8 @@ Our checkpoints carry all three (``meta.json``); official DiT checkpoints are th
 SD-VAE latents by construction (DDPM-linear, ε, learned variance; latents already × 0.18215), official
 SiT checkpoints the ``sit`` recipe in SiT's reversed time. Each comes with its code's sampling defaults.
 
-Why in ``train/`` although training never calls it: it reads what training writes, the checkpoint format
-(:mod:`~fasterdit.train.checkpoint`) and the :class:`~fasterdit.train.config.RunConfig`, so below
-``train/`` it would need both moved with it, and ``fasterdit.train.load_model`` is the documented entry.
+Why in ``generate/``, below ``train/`` and ``eval/``: it reads only the run format (:mod:`fasterdit.run`),
+so sampling and evaluating never import the trainer.
 """
 
 from __future__ import annotations
@@ -24,11 +23,13 @@ import torch
 from fasterdit.diffusion.recipe import Recipe, get_preset
 from fasterdit.errors import DataError
 from fasterdit.models import create_model
+from fasterdit.models.dit import DiT
 from fasterdit.models.official import load_official
-from fasterdit.train import checkpoint as ckpt_mod
-from fasterdit.train.config import RunConfig, config_from_dict
+from fasterdit.run import checkpoint as ckpt_mod
+from fasterdit.run.config import RunConfig, config_from_dict
+from fasterdit.run.description import DataDescription
 
-__all__ = ["LoadedModel", "SamplingDefaults", "load_model", "load_trained"]
+__all__ = ["DataDescription", "LoadedModel", "SamplingDefaults", "load_model", "load_trained"]
 
 #: the VAE the official DiT sample.py decodes with by default
 OFFICIAL_DEFAULT_VAE = "stabilityai/sd-vae-ft-mse"
@@ -61,14 +62,17 @@ SIT_SAMPLE = SamplingDefaults("dopri5", 250, 4.0, 3, {"atol": 1e-6, "rtol": 1e-3
 
 @dataclass
 class LoadedModel:
-    model: torch.nn.Module
-    recipe: Any
+    """A trained model ready to sample: the network, the recipe that trained it, its run config, what its
+    data looked like, and how the code that wrote it samples it."""
+
+    model: DiT
+    recipe: Recipe
     cfg: RunConfig
     sampling: SamplingDefaults
-    data: dict[str, Any] = field(default_factory=dict)  # channels, resolution, num_classes, is_latent, vae...
-    step: int | None = None
-    source: str = "fasterdit"  # "fasterdit", "official-dit" or "official-sit"
-    path: Path | None = None
+    data: DataDescription
+    step: int | None  # None for official checkpoints
+    source: str  # "fasterdit", "official-dit" or "official-sit"
+    path: Path
 
     @property
     def official(self) -> bool:
@@ -128,7 +132,7 @@ def _load_ours(path: Path, ema: bool, device) -> LoadedModel:
     model = model.float().to(device).eval()
     s = cfg.sample
     sampling = SamplingDefaults(s.sampler or recipe.sampler.name, s.steps, s.cfg_scale)
-    data = dict(meta.get("data", {}))
+    data = DataDescription.from_dict(meta.get("data"), str(ckpt))
     return LoadedModel(model, recipe, cfg, sampling, data, int(meta["step"]), "fasterdit", ckpt)
 
 
@@ -163,12 +167,13 @@ def _load_official(path: Path, ema: bool, device, family: str | None) -> LoadedM
         }
     )
     h, _w = model.input_size
-    data = dict(
+    data = DataDescription(
         source=str(path),
-        channels=model.in_channels,
-        resolution=h,
-        num_classes=model.num_classes,
+        channels=int(model.in_channels),
+        resolution=int(h),
+        num_classes=int(model.num_classes),
         is_latent=latent,
         vae=OFFICIAL_DEFAULT_VAE if latent else None,
+        origin=None,
     )
     return LoadedModel(model, recipe, cfg, sampling, data, None, f"official-{loaded.family}", path)

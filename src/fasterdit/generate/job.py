@@ -7,7 +7,7 @@ How a job runs (``fasterdit sample``/``eval``, one process or under ``torchrun``
    and its ``part-START-END.npz`` files are the samples already finished. It broadcasts what is left.
 2. The index range 0..N−1 is cut into batches on a fixed grid of ``batch_size``, minus what is done;
    rank r takes batches r, r + W, r + 2W, ... Sample i's noise, label and step noise depend only on
-   (seed, i) (:mod:`fasterdit.eval.sample_seeds`), so neither W nor the batch size changes a sample.
+   (seed, i) (:mod:`fasterdit.generate.seeds`), so neither W nor the batch size changes a sample.
 3. Each finished batch is written to a temporary name and renamed into place (atomic), so a kill
    loses at most the batches in flight, and a rerun never samples a finished index again.
 4. Rank 0 streams the parts, in index order, into the ``.npz`` (fixed zip timestamps: equal samples
@@ -32,8 +32,8 @@ import torch
 
 from fasterdit.diffusion.sampling import sample
 from fasterdit.errors import ConfigError, DataError, UserError
-from fasterdit.eval import sample_seeds
-from fasterdit.eval.npz_writer import write_samples_npz
+from fasterdit.generate import seeds as sample_seeds
+from fasterdit.generate.npz import write_samples_npz
 from fasterdit.runtime.distributed import DistInfo, barrier, broadcast_object, gather_objects
 from fasterdit.runtime.files import atomic_write_bytes, atomic_write_text
 from fasterdit.viz import to_uint8

@@ -12,8 +12,8 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
-from fasterdit.train import checkpoint as ckpt_mod
-from fasterdit.train.loading import LoadedModel
+from fasterdit.generate.loading import LoadedModel
+from fasterdit.run import checkpoint as ckpt_mod
 
 
 def file_sha256(path: Path) -> str:

@@ -21,7 +21,7 @@ from torch import nn
 
 from fasterdit.diffusion.sampling import sample
 from fasterdit.errors import ConfigError
-from fasterdit.eval.sample_job import SampleSettings
+from fasterdit.generate.job import SampleSettings
 from fasterdit.models.cost import GPUS, Arch, forward_flops
 
 ADAPTIVE = ("dopri5",)
