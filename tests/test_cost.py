@@ -175,7 +175,7 @@ def test_info_list_and_model(capsys):
     text = capsys.readouterr().out
     assert all(name in text for name in CONFIGS)
     assert "675.13M" in text
-    assert _info("--model", "DiT-S/2", "--input-size", "32", "--in-channels", "4", "--batch", "64") == 0
+    assert _info("--model", "DiT-S/2", "--input-size", "32", "--in-channels", "4", "--batch-size", "64") == 0
     assert "DiT-S/2" in capsys.readouterr().out
 
 
@@ -183,7 +183,7 @@ def test_info_dataset_grid(tmp_path, capsys):
     from PIL import Image
 
     out = tmp_path / "grid.png"
-    assert _info("--dataset", "digits", "--grid", str(out), "--model", "DiT-Mi/2", "--batch", "8") == 0
+    assert _info("--dataset", "digits", "--grid", str(out), "--model", "DiT-Mi/2", "--batch-size", "8") == 0
     text = capsys.readouterr().out
     assert "1621 train" in text and "1x8x8" in text and "input 1x8x8" in text
     img = Image.open(out)

@@ -424,7 +424,7 @@ def test_sample_decodes_through_the_runs_vae_on_cuda(latent_run, tmp_path):
 
     def sample(device: str):
         out = tmp_path / f"{device}.npz"
-        args = ["--num", "4", "--labels", "0,1", "--steps", "4", "--seed", "1", "--device", device]
+        args = ["--num-samples", "4", "--labels", "0,1", "--steps", "4", "--seed", "1", "--device", device]
         assert main(["sample", "--ckpt", str(run), *args, "--out", str(out)]) == 0
         with np.load(out) as f:
             return f["arr_0"], f["arr_1"]

@@ -27,6 +27,8 @@ from fasterdit.eval.standard import (
     standard_metrics,
     write_reference_batch,
 )
+from fasterdit.generate.job import SampleSettings, sample_shared
+from fasterdit.runtime.distributed import DistInfo
 
 # --- the metric on real data -------------------------------------------------------------------------
 
@@ -156,16 +158,20 @@ def tiny_model_and_recipe():
     return model, get_preset("fasterdit").resolve(x)
 
 
+def _settings(seed: int = 0, num: int = 40, steps: int = 2) -> SampleSettings:
+    return SampleSettings(num, seed, "euler", steps, 1.0, label_mode="balanced")
+
+
 def test_evaluate_tiny_dit_is_reproducible_and_balanced(tiny_model_and_recipe):
     model, recipe = tiny_model_and_recipe
-    kw = dict(dataset="digits", num_samples=40, sampler="euler", steps=2, batch_size=20)
-    a = evaluate(model, recipe, seed=0, return_samples=True, **kw)
-    b = evaluate(model, recipe, seed=0, **kw)
-    c = evaluate(model, recipe, seed=1, **kw)
+    a = evaluate(model, recipe, _settings(0), dataset="digits", batch_size=20, return_samples=True)
+    b = evaluate(model, recipe, _settings(0), dataset="digits", batch_size=20)
+    c = evaluate(model, recipe, _settings(1), dataset="digits", batch_size=20)
+    assert a is not None and b is not None and c is not None
     assert a["fid"] == b["fid"] and a["fid"] != c["fid"]
-    assert a["labels"].bincount().tolist() == [4] * 10
-    assert a["samples"].shape == (40, 1, 8, 8)
-    assert a["nfe"] == 2 and a["steps"] == 2 and a["sampler"] == "euler"
+    assert np.bincount(a["labels"]).tolist() == [4] * 10
+    assert a["samples"].shape == (40, 8, 8, 1) and a["samples"].dtype == np.uint8  # as an .npz holds them
+    assert a["nfe"] == 2 and a["steps"] == 2 and a["sampler"] == "euler" and a["world_size"] == 1
     assert a["num_samples"] == 40 and a["reference"] == "digits/heldout"
     assert a["eval_seconds"] >= a["sample_seconds"] > 0
     # the trainer logs the scalar entries: the headline numbers must be plain floats
@@ -173,16 +179,26 @@ def test_evaluate_tiny_dit_is_reproducible_and_balanced(tiny_model_and_recipe):
         assert isinstance(a[key], float)
 
 
+def test_evaluate_scores_the_samples_of_the_sampling_job(tiny_model_and_recipe):
+    """The one path: evaluate() scores exactly the images a sampling job draws for the same settings."""
+    model, recipe = tiny_model_and_recipe
+    res = evaluate(model, recipe, _settings(3, num=30), dataset="digits", batch_size=7, return_samples=True)
+    images, labels, _ = sample_shared(model, recipe, _settings(3, num=30), batch_size=7, dist=DistInfo())
+    assert res is not None and np.array_equal(res["samples"], images)
+    assert np.array_equal(res["labels"], labels)
+    assert res["fid"] == evaluate_samples(images, labels, "digits")["fid"]
+
+
 def test_evaluate_rejects_mismatches_before_sampling(tiny_model_and_recipe):
     from fasterdit.diffusion.recipe import get_preset
 
     model, recipe = tiny_model_and_recipe
     with pytest.raises(ConfigError, match="mnist"):
-        evaluate(model, recipe, dataset="mnist", num_samples=10, steps=1)
+        evaluate(model, recipe, _settings(num=10, steps=1), dataset="mnist")
     with pytest.raises(ConfigError, match="dataset"):
-        evaluate(model, recipe, dataset="imagenet", num_samples=10, steps=1)
+        evaluate(model, recipe, _settings(num=10, steps=1), dataset="imagenet")
     with pytest.raises(ConfigError, match="resolve"):  # data-std scaling never measured
-        evaluate(model, get_preset("fasterdit"), dataset="digits", num_samples=10, steps=1)
+        evaluate(model, get_preset("fasterdit"), _settings(num=10, steps=1), dataset="digits")
 
 
 # --- standard metrics with a stand-in for Inception ---------------------------------------------------
@@ -298,7 +314,7 @@ def _strict_json(path) -> dict:
 
 def test_cli_eval_checkpoint_writes_valid_json(run_dir, tmp_path, no_network, capsys):
     out = tmp_path / "m.json"
-    assert main(["eval", "--ckpt", str(run_dir), "--num", "20", "--steps", "2", "--batch-size", "10",
+    assert main(["eval", "--ckpt", str(run_dir), "--num-samples", "20", "--steps", "2", "--batch-size", "10",
                  "--out", str(out), "--save-samples", str(tmp_path / "s.npz")]) == 0  # fmt: skip
     res = _strict_json(out)
     assert res["num_samples"] == 20 and res["reference"] == "digits/heldout" and res["reference_n"] == 176

@@ -127,7 +127,8 @@ def test_an_exhausted_budget_skips_every_case_and_still_reports(bench, tmp_path)
 
 
 def test_the_full_plan_puts_the_comparison_first_and_sizes_memory(bench):
-    g, _ = bench
+    import gpu_throughput_cases as g  # the plans and the memory guard (on the path the fixture set)
+
     order = g.cases(g.FULL)
     head = g.FULL.head_batch["DiT-XL/2"]
     assert order[:4] == [("DiT-XL/2", head, v) for v in (*g.OFFICIAL, "fasterdit", "fasterdit-compiled")]

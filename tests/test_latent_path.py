@@ -43,7 +43,7 @@ def latents(tmp_path_factory):
     # the 500 held-out digits: the same path as the training split, at a ninth of the encoding time
     args = ["prepare", "--images", "mnist", "--split", "heldout", "--vae", "mnist-ae", "--resolution", "32"]
     args += ["--small", "pad"]
-    assert main([*args, "--out", str(out), "--quiet", "--workers", "0"]) == 0
+    assert main([*args, "--out", str(out), "--no-progress", "--workers", "0"]) == 0
     yield out
     torch.set_num_threads(threads)
 
@@ -88,7 +88,7 @@ def test_the_shards_hold_the_autoencoders_own_posterior(latents):
 def test_train_sample_and_eval_each_recipe_on_latents(latents, tmp_path, recipe, no_network):
     run = tmp_path / recipe
     sets = [*TRAIN, f"data.source={latents}", f"recipe={recipe}"]
-    args = ["train", "--config", "configs/mnist-latent.yaml", "--run-dir", str(run), "--no-progress"]
+    args = ["train", "--config", "mnist-latent", "--run-dir", str(run), "--no-progress"]
     assert main([*args, *[a for s in sets for a in ("--set", s)]]) == 0
     assert (run / "samples").is_dir() and any((run / "samples").glob("*.png"))  # decoded grids
     npz = tmp_path / f"{recipe}.npz"

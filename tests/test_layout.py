@@ -17,7 +17,7 @@ import fasterdit
 ROOT = Path(fasterdit.__file__).parent
 #: lowest first, as in docs/architecture.md ("Layout")
 FLOORS = [
-    {"errors", "dotted", "guidance", "runtime"},
+    {"errors", "dotted", "codec", "guidance", "runtime"},
     {"models", "data"},
     {"diffusion"},
     {"viz"},

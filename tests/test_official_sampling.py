@@ -75,8 +75,8 @@ def test_official_sit_checkpoint_samples_like_sits_euler_ode(tmp_path, layout):
     save_official(ref, path, None if layout == "raw" else "SiT-Mi/2")
     lm = load_trained(path)
     assert lm.source == "official-sit" and lm.recipe.time_input == "reversed"
-    assert lm.sampling.sampler == "dopri5" and lm.sampling.cfg_scale == 4.0
-    assert lm.sampling.guide_channels == 3 and lm.sampling.sampler_kwargs == {"atol": 1e-6, "rtol": 1e-3}
+    assert lm.family.sampler == "dopri5" and lm.family.cfg_scale == 4.0
+    assert lm.family.guide_channels == 3 and lm.family.sampler_kwargs == {"atol": 1e-6, "rtol": 1e-3}
 
     from fasterdit.diffusion.sampling import sample
 
@@ -89,7 +89,7 @@ def test_official_sit_checkpoint_samples_like_sits_euler_ode(tmp_path, layout):
     model = lm.model.double()
     got = sample(
         model, lm.recipe, z, y=y, sampler="euler", steps=num_steps - 1, cfg_scale=4.0,
-        guide_channels=lm.sampling.guide_channels,
+        guide_channels=lm.family.guide_channels,
     ).x  # fmt: skip
     assert float(want.abs().max()) > 0.1
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
@@ -123,7 +123,7 @@ def _tiny_vae_dir(tmp_path):
 
 def _sample_npz(tmp_path, ckpt, name, *extra) -> np.ndarray:
     out = tmp_path / f"{name}.npz"
-    args = ["sample", "--ckpt", str(ckpt), "--num", "3", "--labels", "1,2,3", "--seed", "2",
+    args = ["sample", "--ckpt", str(ckpt), "--num-samples", "3", "--labels", "1,2,3", "--seed", "2",
             "--vae", str(tmp_path / "vae"), "--out", str(out), *extra]  # fmt: skip
     assert main(args) == 0
     return np.load(out)["arr_0"]
@@ -134,7 +134,7 @@ def test_official_dit_checkpoint_guides_three_channels_by_default(tmp_path, caps
     path = tmp_path / "DiT-Mi-2-256x256.pt"
     save_official(random_dit(seed=3), path)
     lm = load_trained(path)
-    assert lm.source == "official-dit" and lm.sampling.sampler == "ddpm" and lm.sampling.guide_channels == 3
+    assert lm.source == "official-dit" and lm.family.sampler == "ddpm" and lm.family.guide_channels == 3
     default = _sample_npz(tmp_path, path, "default", "--steps", "3")
     assert "ddpm, 3 steps" in capsys.readouterr().out
     three = _sample_npz(tmp_path, path, "three", "--steps", "3", "--guide-channels", "3")

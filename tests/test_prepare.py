@@ -267,7 +267,7 @@ def test_pixel_preparation_through_the_cli(work, tmp_path, capsys):
             "--shard-size",
             "5",
             "--flip",
-            "--quiet",
+            "--no-progress",
             "--workers",
             "1",
         ]
@@ -343,7 +343,7 @@ def test_two_torchrun_ranks_write_disjoint_shards_covering_every_image(work, tmp
         "0",
         "--device",
         "cpu",
-        "--quiet",
+        "--no-progress",
     ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -1,9 +1,11 @@
 """Recipe: presets, YAML round trips, errors that name the field; model time; data scaling."""
 
 
+import numpy as np
 import pytest
 import torch
 
+from fasterdit.data.stats import DataStats
 from fasterdit.diffusion.recipe import PRESETS, Recipe, get_preset, load_recipe
 from fasterdit.diffusion.scaling import DataScaling
 from fasterdit.errors import ConfigError, DataError
@@ -135,6 +137,25 @@ def test_updated_and_loading_errors(tmp_path):
         Recipe.from_yaml(bad)
 
 
+def test_load_recipe_names_every_error_under_recipe(tmp_path):
+    """One loader for the trainer and the SNR analyser: a preset or a file, then dotted overrides, with
+    every error naming its field under ``recipe`` (as the run config's ``recipe_overrides`` do)."""
+    path = tmp_path / "mine.yaml"
+    get_preset("sit").to_yaml(path)
+    r = load_recipe(f" {path} ", {"loss.direction_weight": "0.5", "time_shift": 2})
+    assert (r.loss.direction_weight, r.time_shift) == (0.5, 2.0)  # coerced as a run config's values
+    for spec, overrides, field, words in [
+        ("fastdit", None, "recipe", "unknown preset 'fastdit'"),
+        (tmp_path / "missing.yaml", None, "recipe", "not found"),
+        ("sit", {"loss.direction_weight": -1}, "recipe.loss.direction_weight", ">= 0"),
+        ("sit", {"loss.no_such": 1}, "recipe.loss.no_such", "no field"),
+        ({"loss": {"weigting": "none"}}, None, "recipe.loss.weigting", "did you mean 'weighting'"),
+    ]:
+        with pytest.raises(ConfigError) as e:
+            load_recipe(spec, overrides)
+        assert e.value.field == field and words in str(e.value)
+
+
 def test_built_objects_follow_field_changes():
     r = get_preset("sit")
     assert r.schedule_obj.name == "flow-linear"
@@ -172,6 +193,38 @@ def test_std_modulation_scalar_and_none():
     sc = DataScaling(mode="scalar", multiplier=0.18215)
     assert torch.allclose(sc.forward(x), 0.18215 * x) and sc.effective_std(2.0) == pytest.approx(0.3643)
     assert torch.equal(DataScaling().forward(x), x)
+
+
+@pytest.mark.parametrize("mode", ["none", "std", "channel"])
+def test_effective_std_is_the_std_of_the_scaled_data(mode):
+    """DataScaling.effective_stds (what the SNR analyser and ``fasterdit snr`` report) against the std of
+    the scaled data computed here by hand in float64 (numpy, population std as DataStats): pooled and
+    per channel. The scaling is resolved on the same data, as the trainer resolves it."""
+    g = torch.Generator().manual_seed(3)
+    spread, shift = torch.tensor([0.5, 1.0, 2.5]), torch.tensor([0.3, -1.0, 0.0])
+    x = (
+        torch.randn(40, 3, 6, 6, generator=g, dtype=torch.float64) * spread[None, :, None, None]
+        + shift[None, :, None, None]
+    )
+    a = x.numpy()
+    per_channel = np.moveaxis(a, 1, -1).reshape(-1, 3)
+    if mode == "none":
+        y = per_channel
+    elif mode == "std":  # x · target / std(x), std the sample std over all values (as resolve measures it)
+        y = per_channel * 0.8 / a.std(ddof=1)
+    else:  # (x − μ_c) / s_c · target per channel
+        y = (per_channel - per_channel.mean(0)) / per_channel.std(0, ddof=1) * 0.8
+    scaling = DataScaling(mode=mode, target_std=0.8).resolve(x)
+    stats = DataStats.of(per_channel.mean(0).tolist(), per_channel.std(0).tolist())
+
+    pooled, chans = scaling.effective_stds(stats)
+    assert pooled == pytest.approx(float(y.std()), rel=1e-12)
+    assert chans == pytest.approx(y.std(0).tolist(), rel=1e-12)
+    assert scaling.effective_std(stats) == pooled
+    if mode != "channel":  # from the pooled std alone (channel mode then knows only target_std)
+        assert scaling.effective_stds(stats.pooled_std) == (pytest.approx(float(y.std()), rel=1e-12), None)
+    if mode != "none":  # before resolving: as if resolved on this data, whatever its std
+        assert DataScaling(mode=mode, target_std=0.8).effective_std(stats.pooled_std) == pytest.approx(0.8)
 
 
 def test_scaling_needs_resolving_and_round_trips():

@@ -475,8 +475,8 @@ def test_sigterm_is_honoured_inside_a_long_grid_or_evaluation(tmp_path, extra):
         (["--steps", "0"], "--steps"),
         (["--nrow", "0"], "--nrow"),
         (["--nrow", "-2"], "--nrow"),
-        (["--cfg", "-1"], "--cfg"),
-        (["--cfg", "nan"], "--cfg"),
+        (["--cfg-scale", "-1"], "--cfg-scale"),
+        (["--cfg-scale", "nan"], "--cfg-scale"),
     ],
 )
 def test_sample_rejects_bad_values_before_loading(tmp_path, capsys, args, flag):
@@ -490,20 +490,26 @@ def test_sample_rejects_bad_values_before_loading(tmp_path, capsys, args, flag):
 def test_sample_and_eval_check_output_paths_before_the_work(tmp_path, capsys, four_steps):
     blocker = tmp_path / "file"
     blocker.write_text("")
-    assert main(["sample", "--ckpt", str(four_steps), "--num", "2", "--out", str(blocker / "g.png")]) == 2
+    assert (
+        main(["sample", "--ckpt", str(four_steps), "--num-samples", "2", "--out", str(blocker / "g.png")])
+        == 2
+    )
     err = capsys.readouterr()
     assert "--out" in err.err and "samples" not in err.out  # failed before sampling anything
     for args, flag in (
         (["--out", str(blocker / "m.json")], "--out"),
         (["--save-samples", str(blocker / "s.npz")], "--save-samples"),
         (["--steps", "0"], "--steps"),
-        (["--cfg", "-2"], "--cfg"),
+        (["--cfg-scale", "-2"], "--cfg-scale"),
     ):
-        assert main(["eval", "--ckpt", str(four_steps), "--num", "4", *args]) == 2
+        assert main(["eval", "--ckpt", str(four_steps), "--num-samples", "4", *args]) == 2
         cap = capsys.readouterr()
         assert flag in cap.err and "sampling" not in cap.out
     out = tmp_path / "new" / "deeper" / "g.png"  # a new folder is created
-    assert main(["sample", "--ckpt", str(four_steps), "--num", "2", "--steps", "2", "--out", str(out)]) == 0
+    assert (
+        main(["sample", "--ckpt", str(four_steps), "--num-samples", "2", "--steps", "2", "--out", str(out)])
+        == 0
+    )
     assert out.is_file()
 
 
@@ -573,7 +579,7 @@ def test_prepare_with_an_unwritable_out_is_a_clear_error(tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("")
     code = main(["prepare", "--images", str(tmp_path / "images"), "--out", str(blocker / "out"),
-                 "--resolution", "8", "--quiet"])  # fmt: skip
+                 "--resolution", "8", "--no-progress"])  # fmt: skip
     assert code == 2
     err = capsys.readouterr().err
     assert "cannot create" in err and "Traceback" not in err

@@ -68,7 +68,7 @@ def test_sample_png_and_npz(run_dir, tmp_path, no_network):
                 "sample",
                 "--ckpt",
                 str(run_dir),
-                "--num",
+                "--num-samples",
                 "6",
                 "--labels",
                 "3,7",
@@ -85,7 +85,18 @@ def test_sample_png_and_npz(run_dir, tmp_path, no_network):
     npz, npz2 = tmp_path / "s.npz", tmp_path / "s2.npz"
 
     def heun_npz(ckpt, out) -> int:
-        args = ["--num", "5", "--sampler", "heun", "--steps", "2", "--cfg", "1.5", "--seed", "3"]
+        args = [
+            "--num-samples",
+            "5",
+            "--sampler",
+            "heun",
+            "--steps",
+            "2",
+            "--cfg-scale",
+            "1.5",
+            "--seed",
+            "3",
+        ]
         return main(["sample", "--ckpt", str(ckpt), *args, "--out", str(out)])
 
     assert heun_npz(run_dir / "checkpoints", npz) == 0

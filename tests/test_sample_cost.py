@@ -63,7 +63,17 @@ def test_cli_dry_run_prints_the_plan_and_samples_nothing(tmp_path, capsys):
     path = tmp_path / "DiT-Mi-2-256x256.pt"
     save_official(random_dit(), path)  # an official DiT file: ddpm, 250 steps, the batch doubled by cfg
     out = tmp_path / "samples.npz"
-    args = ["--ckpt", str(path), "--num-samples", "50000", "--cfg", "1.5", "--dry-run", "--gpu", "H100-SXM"]
+    args = [
+        "--ckpt",
+        str(path),
+        "--num-samples",
+        "50000",
+        "--cfg-scale",
+        "1.5",
+        "--dry-run",
+        "--gpu-model",
+        "H100-SXM",
+    ]
     assert main(["sample", *args, "--out", str(out)]) == 0
     text = capsys.readouterr().out
     assert "NFE 250, 250 of them guided" in text and "50,000" in text and "H100-SXM" in text

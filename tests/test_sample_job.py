@@ -33,7 +33,7 @@ from tiny_run import TINY_RUN
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 # fp64: the byte-identity across batch sizes must not depend on how a CPU's BLAS blocks float32 matmuls
 # of different batch shapes (one flipped uint8 would fail the comparison on some machines)
-JOB = ["--sampler", "ddpm", "--steps", "3", "--cfg", "1.5", "--seed", "7", "--precision", "fp64"]
+JOB = ["--sampler", "ddpm", "--steps", "3", "--cfg-scale", "1.5", "--seed", "7", "--precision", "fp64"]
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +139,10 @@ def test_interrupted_job_resumes_and_never_samples_an_index_twice(run_dir, tmp_p
 
 
 def test_sigkilled_cli_job_resumes_to_the_same_bytes(run_dir, tmp_path):
-    n, args = 48, ["--sampler", "ddpm", "--steps", "60", "--seed", "3", "--cfg", "1", "--precision", "fp64"]
+    n, args = (
+        48,
+        ["--sampler", "ddpm", "--steps", "60", "--seed", "3", "--cfg-scale", "1", "--precision", "fp64"],
+    )
     out = tmp_path / "k.npz"
     cmd = [sys.executable, "-m", "fasterdit", "sample", "--ckpt", str(run_dir), "--num-samples", str(n),
            "--batch-size", "2", *args, "--out", str(out)]  # fmt: skip

@@ -18,7 +18,7 @@ from fasterdit.data.measure import measure_data_std
 from fasterdit.data.stats import RunningStats
 from fasterdit.diffusion.recipe import Recipe, get_preset
 from fasterdit.diffusion.scaling import DataScaling
-from fasterdit.diffusion.schedules import get_schedule
+from fasterdit.diffusion.schedules import Schedule, get_schedule
 from fasterdit.diffusion.snr import (
     NATS_TO_DB,
     LogSNRDistribution,
@@ -124,16 +124,15 @@ def test_recipe_scaling_is_applied():
 
 
 def test_autograd_fallback_for_schedules_without_derivative():
-    class NoDerivative:
-        def __init__(self):
-            self._s = get_schedule("flow-cosine")
-            self.lambda_min, self.lambda_max = self._s.lambda_min, self._s.lambda_max
+    class NoDerivative(Schedule):  # a third-party schedule: α, σ and the inverse, no α', σ'
+        def _alpha(self, t):
+            return torch.sin((1.0 - t) * (math.pi / 2))  # cos(πt/2), exactly 0 at t = 1
 
-        def log_snr(self, t):
-            return 2.0 * (torch.log(torch.cos(math.pi / 2 * t)) - torch.log(torch.sin(math.pi / 2 * t)))
+        def _sigma(self, t):
+            return torch.sin(math.pi / 2 * t)
 
-        def t_from_log_snr(self, lam):
-            return self._s.t_from_log_snr(lam)
+        def _t_from_log_snr(self, lam):
+            return get_schedule("flow-cosine")._t_from_log_snr(lam)
 
     ts = get_timestep_sampler("uniform")
     lam = np.linspace(-8, 8, 41)
@@ -352,3 +351,13 @@ def test_cli_errors_name_the_option(argv, needle, capsys):
     assert main(["snr", "--mc", "0", *argv]) == 2
     err = capsys.readouterr().err
     assert needle in err and "Traceback" not in err
+
+
+def test_cli_reference_recipe_matches_its_median(capsys):
+    argv = ["snr", "--recipe", "dit", "--data-std", "0.5", "--recommend", "--mc", "0", "--json"]
+    assert main([*argv, "--reference-recipe", "fasterdit"]) == 0
+    (curve,) = json.loads(capsys.readouterr().out)["curves"]
+    assert curve["recommendation"]["k"] == pytest.approx(recommend_scale("dit", 0.5, reference="fasterdit").k)
+    assert main([*argv, "--reference-recipe", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert "--reference-recipe" in err and "Traceback" not in err

@@ -13,9 +13,9 @@ from fasterdit.errors import ConfigError, DataError
 from fasterdit.run.config import RunConfig, config_from_dict, load_config
 from fasterdit.train.build import check_config
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-SHIPPED = ["demo", "mnist", "imagenet256"]
-#: the documented one-line variants of the shipped configs (configs/mnist.yaml, configs/imagenet256.yaml)
+CONFIGS = Path(__file__).resolve().parents[1] / "src" / "fasterdit" / "configs"  # package data
+SHIPPED = ["demo", "mnist", "mnist-latent", "imagenet256"]
+#: the documented one-line variants of the shipped configs (mnist, imagenet256)
 MNIST_RECIPE = {r: [f"recipe={r}"] for r in ("dit", "sit", "fasterdit")}
 IMAGENET_B2 = ["model.name=DiT-B/2", "train.steps=400000"]
 
@@ -24,7 +24,7 @@ IMAGENET_B2 = ["model.name=DiT-B/2", "train.steps=400000"]
 def test_shipped_configs_load_and_round_trip(name):
     cfg = load_config(CONFIGS / f"{name}.yaml")
     assert config_from_dict(yaml.safe_load(yaml.safe_dump(cfg.to_dict()))) == cfg
-    assert load_config(name) == cfg  # bare names resolve to configs/
+    assert load_config(name) == cfg  # bare names resolve to the shipped fasterdit/configs/
 
 
 def test_preset_configs_differ_only_in_recipe():

@@ -52,7 +52,7 @@ def test_train_and_sample_on_prepared_pixels(tmp_path):
     assert _train(run, out, "data.resolution=8", "data.channels=3") == 0
     assert (run / "samples.png").is_file()
     png = tmp_path / "g.png"
-    assert main(["sample", "--ckpt", str(run), "--num", "4", "--steps", "2", "--out", str(png)]) == 0
+    assert main(["sample", "--ckpt", str(run), "--num-samples", "4", "--steps", "2", "--out", str(png)]) == 0
     assert np.asarray(Image.open(png)).ndim == 3  # RGB grid
 
 
@@ -90,6 +90,6 @@ def test_train_on_latents_and_decode_through_the_runs_vae(tmp_path):
     run = tmp_path / "run"
     assert _train(run, out) == 0
     npz = tmp_path / "s.npz"
-    assert main(["sample", "--ckpt", str(run), "--num", "3", "--steps", "2", "--out", str(npz)]) == 0
+    assert main(["sample", "--ckpt", str(run), "--num-samples", "3", "--steps", "2", "--out", str(npz)]) == 0
     with np.load(npz) as f:
         assert f["arr_0"].shape == (3, 16, 16, 3) and f["arr_0"].dtype == np.uint8

@@ -37,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, module_name in COMMANDS.items():
         module = importlib.import_module(module_name)
-        p = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        # "resolve": a command may replace -h/--help (sample and eval print the defaults of a --ckpt too)
+        p = sub.add_parser(name, help=module.HELP, description=module.HELP, conflict_handler="resolve")
         module.add_arguments(p)
         p.set_defaults(_run=module.run)
     return parser

@@ -3,9 +3,10 @@
 Examples::
 
     fasterdit eval --ckpt runs/demo --num-samples 1000 --steps 20 --out metrics.json
+    fasterdit eval --ckpt runs/demo/checkpoints/step-000001000   # = the FID the run logged at step 1000
     fasterdit eval --samples-npz samples.npz --dataset mnist
     torchrun --nproc_per_node 8 -m fasterdit eval --ckpt DiT-XL-2-256x256.pt --num-samples 50000 \\
-        --steps 250 --cfg 1.5 --reference-npz VIRTUAL_imagenet256_labeled.npz \\
+        --num-sampling-steps 250 --cfg-scale 1.5 --reference-npz VIRTUAL_imagenet256_labeled.npz \\
         --inception inception-2015-12-05.pt --save-samples samples.npz
 
 On the embedded datasets (mnist, digits) it reports the offline metrics of fasterdit.eval (FID in
@@ -26,17 +27,24 @@ import json
 import math
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fasterdit.commands._sampling import (
     add_sampling_arguments,
     build_settings,
-    check_counts,
+    check_args,
     print_dry_run,
+    resolve,
     run_job,
 )
 from fasterdit.errors import ConfigError, UserError
 from fasterdit.runtime.files import atomic_write_text
+
+if TYPE_CHECKING:  # torch and the loaders are imported inside run(), so that --help stays fast
+    import torch
+
+    from fasterdit.generate.loading import LoadedModel
+    from fasterdit.runtime.distributed import DistInfo
 
 HELP = "Evaluate a checkpoint or a samples .npz: FID, class accuracy, precision/recall (+ Inception metrics)."
 
@@ -47,9 +55,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     src.add_argument(
         "--samples-npz", metavar="PATH", help="saved samples: ADM-style .npz (uint8 NHWC arr_0, labels arr_1)"
     )
-    s = p.add_argument_group("sampling (with --ckpt)")
-    add_sampling_arguments(s, num=1000, batch=250)
-    s.add_argument("--save-samples", metavar="NPZ", help="keep the samples as an ADM-style .npz (+ .json)")
+    add_sampling_arguments(p, purpose="eval")
+    p.add_argument("--save-samples", metavar="NPZ", help="keep the samples as an ADM-style .npz (+ .json)")
     src.add_argument(
         "--no-labels", action="store_true", help="ignore arr_1 (samples of an unconditional model)"
     )
@@ -60,7 +67,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "(default: the run's data source; mnist for --samples-npz)",
     )
     m.add_argument(
-        "--reference",
+        "--reference-split",
         default="heldout",
         choices=["heldout", "train", "all"],
         help="real reference split of the offline metrics (default heldout)",
@@ -100,11 +107,11 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 
 def _check_args(args: argparse.Namespace) -> Path:
     """Every flag checked and every output path proven writable before any sampling."""
-    from fasterdit.generate.checks import check_sampling_args, prepare_output
+    from fasterdit.generate.checks import prepare_output
 
     if bool(args.ckpt) == bool(args.samples_npz):
         raise UserError("give exactly one of --ckpt (sample a model) or --samples-npz (saved samples)")
-    check_counts(args, 2)
+    check_args(args, 2)
     if args.dry_run and args.samples_npz:
         raise UserError("--dry-run estimates the sampling of a --ckpt; --samples-npz samples nothing")
     out_path = Path(args.out)
@@ -114,7 +121,6 @@ def _check_args(args: argparse.Namespace) -> Path:
         raise ConfigError("--save-samples", f"must end in .npz, got {Path(args.save_samples).name!r}")
     if args.save_samples and Path(args.save_samples).with_suffix(".json").resolve() == out_path.resolve():
         raise ConfigError("--out", f"{out_path} is the sidecar of --save-samples; name the metrics otherwise")
-    check_sampling_args(args.steps, args.cfg)
     if args.dry_run:  # planning: the reference batch may not be downloaded yet
         return out_path
     if args.reference_npz and not Path(args.reference_npz).is_file():
@@ -125,24 +131,7 @@ def _check_args(args: argparse.Namespace) -> Path:
     return out_path
 
 
-def _eval_defaults(args: argparse.Namespace, lm: Any) -> tuple[str, int, float]:
-    """Sampler, steps and guidance of an evaluation: the flags, else the run's eval settings, else the
-    checkpoint family's (official DiT/SiT: their papers' FID setting, cfg 1.5)."""
-    official, d = lm.official, lm.sampling
-    ev, sc = lm.cfg.eval, lm.cfg.sample
-    run_sampler = d.sampler if official else (ev.sampler or sc.sampler)
-    sampler = args.sampler or run_sampler or lm.recipe.sampler.name
-    steps = args.steps or (d.steps if official else (ev.steps or sc.steps))
-    if args.cfg is not None:
-        cfg_scale = args.cfg
-    elif official:
-        cfg_scale = 1.5  # the DiT and SiT papers' FID setting
-    else:
-        cfg_scale = ev.cfg_scale if ev.cfg_scale is not None else 1.0
-    return sampler, steps, float(cfg_scale)
-
-
-def _sample_checkpoint(args: argparse.Namespace, dist: Any, out_path: Path) -> dict[str, Any] | None:
+def _sample_checkpoint(args: argparse.Namespace, dist: DistInfo, out_path: Path) -> dict[str, Any] | None:
     """Sample with every rank; on rank 0 the samples file and what to record about it, else None."""
     from fasterdit.generate.loading import load_trained
 
@@ -153,20 +142,20 @@ def _sample_checkpoint(args: argparse.Namespace, dist: Any, out_path: Path) -> d
             "pixels of mnist/digits (as pixels, or latents prepared from them: fasterdit prepare --images "
             "mnist); pass --reference-npz and --inception for the standard metrics"
         )
-    sampler, steps, cfg_scale = _eval_defaults(args, lm)
-    # the offline metrics measure class accuracy per class: balanced labels unless asked otherwise;
-    # the ImageNet protocol (DiT's sample_ddp.py) draws uniform random classes
+    resolved = resolve(args, lm, "eval")
+    # the offline metrics measure class accuracy per class: balanced labels unless asked otherwise (as
+    # eval.every); the ImageNet protocol (DiT's sample_ddp.py) draws uniform random classes
     balanced = args.balanced if args.balanced is not None else not args.reference_npz
-    settings = build_settings(
-        args, lm, sampler=sampler, steps=steps, cfg_scale=cfg_scale,
-        label_mode="balanced" if balanced else "uniform",
-    )  # fmt: skip
+    settings = build_settings(args, lm, resolved, label_mode="balanced" if balanced else "uniform")
     if args.dry_run:
         if dist.is_main:
-            print_dry_run(lm, settings, args)
+            print_dry_run(lm, resolved, settings, args)
         return None
     if dist.is_main:
-        print(f"sampling {args.num} images: {sampler}, {steps} steps, cfg {cfg_scale}, seed {args.seed}")
+        print(
+            f"sampling {settings.num_samples} images: {settings.sampler}, {settings.steps} steps, "
+            f"cfg {settings.cfg_scale}, seed {settings.seed}"
+        )
     samples = (
         Path(args.save_samples) if args.save_samples else out_path.with_name(out_path.stem + ".samples.npz")
     )
@@ -177,21 +166,24 @@ def _sample_checkpoint(args: argparse.Namespace, dist: Any, out_path: Path) -> d
         "samples": samples,
         "dataset": args.dataset or _run_dataset(lm),
         "record": dict(
-            checkpoint=str(lm.path), step=lm.step, sampler=sampler, steps=steps, nfe=res.nfe,
-            cfg_scale=cfg_scale, guidance_interval=settings.guidance_interval, seed=args.seed,
-            label_mode=settings.label_mode, sample_seconds=round(res.seconds, 3), world_size=dist.world_size,
+            checkpoint=str(lm.path), step=lm.step, sampler=settings.sampler, steps=settings.steps,
+            nfe=res.nfe, cfg_scale=settings.cfg_scale, guidance_interval=settings.guidance_interval,
+            seed=settings.seed, label_mode=settings.label_mode, sample_seconds=round(res.seconds, 3),
+            world_size=dist.world_size,
         ),
     }  # fmt: skip
 
 
-def _run_dataset(lm: Any) -> str:
+def _run_dataset(lm: LoadedModel) -> str:
     """The embedded dataset whose classifier scores this run: the one its images came from (for latent
     runs, the dataset ``fasterdit prepare`` encoded), else the configured source name."""
     origin = lm.data.origin
     return origin.dataset if origin else str(lm.cfg.data.source)
 
 
-def _metrics(args: argparse.Namespace, samples: Path, dataset: str, extractor: Any) -> dict[str, Any]:
+def _metrics(
+    args: argparse.Namespace, samples: Path, dataset: str, extractor: Any, device: torch.device
+) -> dict[str, Any]:
     """Offline metrics (embedded datasets) and/or the standard ones (--reference-npz) of a samples file."""
     import torch
 
@@ -221,9 +213,12 @@ def _metrics(args: argparse.Namespace, samples: Path, dataset: str, extractor: A
             "pass --reference-npz and --inception for the standard metrics",
         )
     if embedded:
-        result.update(evaluate_samples(x, y, dataset, args.reference))
+        result.update(evaluate_samples(x, y, dataset, args.reference_split, device=device))
     if extractor is not None:
-        std = standard_metrics(x, args.reference_npz, extractor, recompute_reference=args.recompute_reference)
+        std = standard_metrics(
+            x, args.reference_npz, extractor, recompute_reference=args.recompute_reference,
+            progress=not args.no_progress,
+        )  # fmt: skip
         result["standard"] = std
     return result
 
@@ -252,7 +247,7 @@ def run(args: argparse.Namespace) -> int:
             samples, dataset = job["samples"], job["dataset"]
             result.update(job["record"])
         result["samples_npz"] = str(samples) if args.samples_npz or args.save_samples else None
-        result.update(_metrics(args, samples, dataset, extractor))
+        result.update(_metrics(args, samples, dataset, extractor, dist.device))
         _write_json(out_path, result)
         if args.ckpt and not args.save_samples:  # the samples were a means, not an output
             samples.unlink(missing_ok=True)

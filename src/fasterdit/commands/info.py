@@ -3,7 +3,7 @@
 Examples::
 
     fasterdit info --list
-    fasterdit info --model DiT-XL/2 --input-size 32 --in-channels 4 --batch 256 --gpus 8
+    fasterdit info --model DiT-XL/2 --input-size 32 --in-channels 4 --batch-size 256 --gpus 8
     fasterdit info --model DiT-Ti/4 --dataset mnist --grid mnist.png
 """
 
@@ -25,9 +25,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--num-classes", type=int, help="classes, 0 = unconditional (default: dataset's, else 1000)"
     )
     p.add_argument("--no-learn-sigma", action="store_true", help="C output channels instead of 2C")
-    p.add_argument("--batch", type=int, default=256, help="global batch size (default 256)")
+    p.add_argument("--batch-size", type=int, default=256, help="global batch size (default 256)")
     p.add_argument("--gpus", type=int, default=1, help="data-parallel GPUs sharing the batch (default 1)")
-    p.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"], help="training precision")
+    p.add_argument(
+        "--precision", default="bf16", choices=["bf16", "fp16", "fp32"], help="training precision (bf16)"
+    )
     p.add_argument("--mfu", type=float, default=0.4, help="assumed model FLOPs utilisation (default 0.4)")
     p.add_argument("--grad-checkpointing", action="store_true", help="estimate with gradient checkpointing")
     p.add_argument("--dataset", choices=["mnist", "digits"], help="embedded dataset to describe")
@@ -54,8 +56,9 @@ def run(args: argparse.Namespace) -> int:
             args.num_classes if args.num_classes is not None else (ds_info.num_classes if ds_info else 1000)
         )
         est = estimate_cost(
-            args.model, size, chans, args.batch, num_classes=classes, learn_sigma=not args.no_learn_sigma,
-            dtype=args.dtype, mfu=args.mfu, grad_checkpointing=args.grad_checkpointing, num_gpus=args.gpus,
+            args.model, size, chans, args.batch_size, num_classes=classes,
+            learn_sigma=not args.no_learn_sigma, dtype=args.precision, mfu=args.mfu,
+            grad_checkpointing=args.grad_checkpointing, num_gpus=args.gpus,
         )  # fmt: skip
         print(est.format())
         did = True

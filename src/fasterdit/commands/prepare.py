@@ -67,7 +67,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--device", choices=("cpu", "cuda"), default=None, help="encoder device (default: cuda if present)"
     )
     p.add_argument(
-        "--dtype", choices=("fp32", "bf16", "fp16"), default="fp32", help="encoder precision (fp32)"
+        "--precision", choices=("fp32", "bf16", "fp16"), default="fp32", help="encoder precision (fp32)"
     )
     p.add_argument(
         "--storage-dtype",
@@ -78,7 +78,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--workers", type=int, default=None, help="image-decoding worker processes per rank (auto)"
     )
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -94,11 +94,11 @@ def run(args: argparse.Namespace) -> int:
         flip=args.flip,
         strict=args.strict,
         device=args.device,
-        dtype=args.dtype,
+        dtype=args.precision,
         storage_dtype=args.storage_dtype,
         small="skip" if args.skip_small else args.small,
         workers=args.workers,
-        progress=not args.quiet,
+        progress=not args.no_progress,
         split=args.split,
     )
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports
@@ -117,5 +117,5 @@ def run(args: argparse.Namespace) -> int:
         print(f"skipped {m['skipped']['count']} files: see {args.out / m['skipped']['report']}")
     if m["warnings"]["count"]:
         print(f"{m['warnings']['count']} files used with warnings: see {args.out / m['warnings']['report']}")
-    print(f"next: fasterdit train --config configs/<config>.yaml --set data.source={args.out}")
+    print(f"next: fasterdit train --config <config> --set data.source={args.out}")
     return 0

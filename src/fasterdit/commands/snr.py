@@ -16,10 +16,13 @@ import argparse
 import json
 import math
 import sys
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fasterdit.errors import ConfigError, UserError
+
+if TYPE_CHECKING:  # the names only: run() imports the modules, so that --help does not import torch
+    from fasterdit.diffusion.recipe import Recipe
+    from fasterdit.diffusion.snr import DataStd
 
 HELP = "Plot and summarise the extended log-SNR density a recipe puts on your data (FasterDiT's PDF view)."
 
@@ -68,7 +71,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--recommend", action="store_true", help="print the recommended data scale k for each curve"
     )
     p.add_argument(
-        "--reference",
+        "--reference-recipe",
         default=None,
         metavar="RECIPE",
         help="with --recommend: match this recipe's median instead of the window",
@@ -121,7 +124,7 @@ def _parse_window(value: str | None) -> tuple[float, float] | None:
     return lo, hi
 
 
-def _load(spec: str, option: str) -> Any:
+def _load(spec: str, option: str) -> Recipe:
     from fasterdit.diffusion.recipe import load_recipe
 
     try:
@@ -154,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
     measured = None
     if args.data is not None:
         measured = measure_data_std(args.data, resolution=args.resolution)
-        stds: list[Any] = [measured]
+        stds: list[DataStd] = [measured]
     else:
         if args.per_channel:
             raise ConfigError("--per-channel", "needs --data (per-channel stds are measured)")
@@ -163,10 +166,8 @@ def run(args: argparse.Namespace) -> int:
     dists = []
     for spec, recipe in recipes:
         for s in stds:
-            for d in snr.snr_distributions(recipe, s, per_channel=args.per_channel):
-                if d.label == "custom":  # an unnamed YAML recipe: use its file name
-                    d.label = Path(spec).stem
-                dists.append(d)
+            label = snr.recipe_label(recipe, spec)  # an unnamed YAML recipe: its file name
+            dists.extend(snr.snr_distributions(recipe, s, per_channel=args.per_channel, label=label))
 
     curves = []
     for d in dists:
@@ -182,8 +183,8 @@ def run(args: argparse.Namespace) -> int:
             entry["monte_carlo"] = d.monte_carlo_check(args.mc, seed=args.seed)
         if args.recommend:
             ref = None
-            if args.reference is not None:
-                ref = _load(args.reference, "--reference")
+            if args.reference_recipe is not None:
+                ref = _load(args.reference_recipe, "--reference-recipe")
             entry["recommendation"] = snr.recommend_scale(
                 d, window=window, reference=ref, reference_std=d.data_std, method=args.method
             ).to_dict(u)

@@ -2,7 +2,7 @@
 
 Examples::
 
-    fasterdit train --config configs/demo.yaml --run-dir runs/demo
+    fasterdit train --config demo --run-dir runs/demo        # a shipped config, by name
     fasterdit train --config mnist --set recipe=sit --run-dir runs/mnist-sit   # one config, 3 presets
     fasterdit train --run-dir runs/demo                       # resume with the run's own config.yaml
     fasterdit train --config imagenet256 --dry-run    # DiT-XL/2: params, FLOPs, memory, time per step on GPUs
@@ -17,7 +17,7 @@ import os
 import sys
 from pathlib import Path
 
-from fasterdit.errors import ConfigError, UserError
+from fasterdit.errors import UserError
 
 HELP = "Train a DiT from a YAML config (--set key=value overrides); resumes; runs under torchrun."
 
@@ -27,7 +27,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--config",
         "-c",
         metavar="YAML",
-        help="config file or shipped name (demo, mnist, imagenet256); default: <run-dir>/config.yaml",
+        help="config file, or a name from ./configs or the shipped ones (demo, mnist, mnist-latent, "
+        "imagenet256); default: <run-dir>/config.yaml",
     )
     p.add_argument("--run-dir", metavar="DIR", help="output directory (default: runs/<config name>)")
     p.add_argument(
@@ -71,7 +72,7 @@ def _load(args: argparse.Namespace):
     if spec is None:
         if run_cfg is None or not run_cfg.is_file():
             raise UserError(
-                "give --config (e.g. --config configs/demo.yaml), or a --run-dir that holds config.yaml"
+                "give --config (e.g. --config demo, or a YAML file), or a --run-dir that holds config.yaml"
             )
         spec = run_cfg
     cfg = load_config(spec, args.overrides)
@@ -109,24 +110,15 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _dry_run(cfg, args: argparse.Namespace) -> int:
-    from fasterdit.data.source import open_source
     from fasterdit.models.cost import estimate_cost
-    from fasterdit.run.config import check_world
-    from fasterdit.train.build import ShapeOnly, build_recipe, check_expected_shape, model_kwargs
+    from fasterdit.train.build import ShapeOnly, check_config, model_kwargs
 
     world = args.gpus or int(os.environ.get("WORLD_SIZE", "1"))
-    cfg.validate()
-    check_world(cfg, world)
-    recipe = build_recipe(cfg)
-    try:
-        source = open_source(cfg.data.source, cfg.data.split, "cpu")
-        check_expected_shape(cfg, source)
-        where = f"{cfg.data.source} ({len(source)} items)"
-    except ConfigError as err:
-        if err.field != "data.source":
-            raise
-        source = ShapeOnly(cfg)
+    recipe, source = check_config(cfg, world, shape_if_missing=True)
+    if isinstance(source, ShapeOnly):
         where = f"{cfg.data.source} (not present; shape from the config)"
+    else:
+        where = f"{cfg.data.source} ({len(source)} items)"
     kw = model_kwargs(cfg, source, recipe)
     prec = cfg.train.precision
     dtype = "fp32" if prec == "fp32" else "bf16"

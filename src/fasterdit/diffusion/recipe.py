@@ -27,7 +27,7 @@ import copy
 import math
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,7 @@ import torch
 import yaml
 from torch import Tensor
 
-from fasterdit.diffusion.codec import dataclass_from_mapping, field_dict, reject_unknown
+from fasterdit.codec import from_mapping, to_mapping
 from fasterdit.diffusion.sampler_options import SAMPLER_NAMES
 from fasterdit.diffusion.scaling import DataScaling
 from fasterdit.diffusion.schedules import SCHEDULES, Schedule, get_schedule
@@ -328,38 +328,15 @@ class Recipe:
 
     # --- (de)serialisation -------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "schedule": self.schedule,
-            "schedule_params": copy.deepcopy(self.schedule_params),
-            "target": self.target,
-            "timesteps": self.timesteps,
-            "timestep_params": copy.deepcopy(self.timestep_params),
-            "time_shift": float(self.time_shift),
-            "time_input": self.time_input,
-            "time_scale": float(self.time_scale),
-            "learn_sigma": self.learn_sigma,
-            "scaling": self.scaling.to_dict(),
-            "loss": field_dict(self.loss),
-            "sampler": field_dict(self.sampler),
-        }
+        return to_mapping(self)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Recipe:
+        """A validated Recipe from a mapping (a recipe YAML, a checkpoint's record): values coerced to the
+        declared types as in a run config, then :meth:`validate`."""
         if not isinstance(d, Mapping):
             raise ConfigError("recipe", f"must be a mapping, got {type(d).__name__}")
-        reject_unknown(d, [f.name for f in fields(cls)], "")
-        kw = {k: copy.deepcopy(v) for k, v in d.items() if k not in ("scaling", "loss", "sampler")}
-        for k in ("schedule_params", "timestep_params"):
-            if kw.get(k) is None and k in kw:
-                kw[k] = {}
-        recipe = cls(
-            **kw,
-            scaling=DataScaling.from_dict(d.get("scaling")),
-            loss=dataclass_from_mapping(LossConfig, d.get("loss"), "loss"),
-            sampler=dataclass_from_mapping(SamplerConfig, d.get("sampler"), "sampler"),
-        )
-        return recipe.validate()
+        return from_mapping(cls, d).validate()
 
     def to_yaml(self, path: str | Path | None = None) -> str:
         """The recipe as YAML text; also written to ``path`` when given."""
@@ -427,14 +404,37 @@ def get_preset(name: str) -> Recipe:
     return r.validate()
 
 
-def load_recipe(spec: str | Path | Mapping[str, Any] | Recipe) -> Recipe:
-    """A Recipe from a preset name, a YAML file, a mapping or a Recipe (returned as is)."""
+#: what :func:`load_recipe` reads: a preset name, a recipe YAML file, a mapping or a Recipe
+RecipeSpec = str | Path | Mapping[str, Any] | Recipe
+
+
+def _read_recipe(spec: RecipeSpec) -> Recipe:
     if isinstance(spec, Recipe):
         return spec.validate()
     if isinstance(spec, Mapping):
         return Recipe.from_dict(spec)
-    if isinstance(spec, str) and spec in PRESETS:
-        return get_preset(spec)
-    if isinstance(spec, Path) or str(spec).endswith((".yaml", ".yml")):
-        return Recipe.from_yaml(Path(spec))
-    raise ConfigError("recipe", f"{spec!r} is neither a preset ({', '.join(PRESETS)}) nor a .yaml file")
+    name = spec.strip() if isinstance(spec, str) else spec
+    if isinstance(name, str) and name in PRESETS:
+        return get_preset(name)
+    path = Path(name).expanduser()
+    if isinstance(name, Path) or path.suffix in (".yaml", ".yml") or path.is_file():
+        if not path.is_file():
+            raise ConfigError("recipe", f"recipe file not found: {name}")
+        return Recipe.from_yaml(path)
+    raise ConfigError("recipe", f"unknown preset {name!r}; choose one of {', '.join(PRESETS)} or a YAML file")
+
+
+def load_recipe(spec: RecipeSpec, overrides: Mapping[str, Any] | None = None) -> Recipe:
+    """A validated Recipe from a preset name, a recipe YAML file, a mapping or a Recipe (returned as is,
+    validated), with dotted-key ``overrides`` applied (a run config's ``recipe_overrides``).
+
+    Every ConfigError names its field under ``recipe`` (``recipe.loss.direction_weight``), as the run
+    config does, so that the message says where the value came from whoever reads the recipe.
+    """
+    try:
+        recipe = _read_recipe(spec)
+        return recipe.updated(overrides) if overrides else recipe
+    except ConfigError as err:
+        if err.field == "recipe" or err.field.startswith("recipe."):
+            raise
+        raise ConfigError(f"recipe.{err.field}", str(err).split(": ", 1)[-1]) from None

@@ -19,14 +19,15 @@ recipe so that sampling inverts exactly the transform used in training.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from fasterdit.diffusion.codec import reject_unknown
+from fasterdit.codec import from_mapping, to_mapping
+from fasterdit.data.stats import DataStats
 from fasterdit.errors import ConfigError
 
 SCALING_MODES = ("none", "scalar", "std", "channel")
@@ -94,22 +95,11 @@ class DataScaling:
         return self
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "mode": self.mode,
-            "multiplier": float(self.multiplier),
-            "target_std": float(self.target_std),
-            "mean": list(self.mean) if self.mean is not None else None,
-            "std": list(self.std) if self.std is not None else None,
-        }
+        return to_mapping(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any] | None) -> DataScaling:
-        d = dict(d or {})
-        reject_unknown(d, ("mode", "multiplier", "target_std", "mean", "std"), "scaling")
-        for key in ("mean", "std"):
-            if d.get(key) is not None:
-                d[key] = _as_list(d[key])
-        return cls(**d).validate()
+    def from_dict(cls, d: Mapping[str, Any] | None) -> DataScaling:
+        return from_mapping(cls, d, "scaling").validate()
 
     # --- statistics ---------------------------------------------------------------------------------
     @property
@@ -202,24 +192,56 @@ class DataScaling:
         scale, shift = self._affine(x)
         return (x - shift) / scale
 
-    def effective_std(self, data_std: float | None = None) -> float:
-        """The std of the data after scaling: the ``std`` in the extended SNR α²·std²/σ².
+    # --- what the diffusion sees ---------------------------------------------------------------------
+    def effective_stds(self, data: DataStats | float) -> tuple[float, list[float] | None]:
+        """The std(s) of the data *after* this scaling: the ``std`` in the extended SNR α²·std²/σ².
 
-        ``data_std`` is the raw data's global std; if omitted the measured statistics are used
-        (``std``/``channel`` give ``target_std`` exactly; ``scalar`` then needs ``data_std``).
+        ``data`` is the raw data: its measured :class:`DataStats` (then the per-channel stds come back
+        too) or just its pooled std. Returns ``(pooled, per-channel or None)``. The one place that knows
+        what each mode does to the std, so that the SNR analyser, its figure and ``fasterdit snr`` cannot
+        disagree with the transform the trainer applies:
+
+        * ``none``: the raw stds; ``scalar``: ``multiplier`` × each.
+        * ``std``: ``target_std / s`` × each, ``s`` the measured global std (the data's own pooled std
+          while unresolved, which gives ``target_std`` exactly).
+        * ``channel``: per channel ``target_std · s_c / s_measured,c`` (pooled: their root mean square,
+          the channel means being 0 after standardisation); ``target_std`` for every channel while
+          unresolved, or when the data's channel count differs from the measured one.
         """
+        if isinstance(data, DataStats):
+            pooled, chans = data.pooled_std, [float(s) for s in data.std]
+        else:
+            pooled, chans = float(data), None
+        if self.mode == "channel":
+            target = float(self.target_std)
+            if self.std is not None and chans and len(chans) == len(self.std):
+                per = [target * s / r for s, r in zip(chans, self.std)]
+                return DataStats.from_stds(per).pooled_std, per
+            return target, [target] * len(chans) if chans else None
         if self.mode == "none":
-            if data_std is None:
-                raise ConfigError("scaling", "mode 'none' needs the data std to report the effective std")
-            return float(data_std)
-        if self.mode == "scalar":
-            if data_std is None:
-                raise ConfigError("scaling", "mode 'scalar' needs the data std to report the effective std")
-            return float(self.multiplier * data_std)
-        if self.mode == "std":
-            self._require_resolved()
-            return float(self.target_std * (data_std / self.std[0] if data_std is not None else 1.0))
-        # channel: standardised channels each have std target_std and mean 0, so the pooled std is
-        # target_std whatever the raw data's std (data_std is ignored)
+            f = 1.0
+        elif self.mode == "scalar":
+            f = float(self.multiplier)
+        else:  # std: one factor for every value
+            f = float(self.target_std) / (self.std[0] if self.std is not None else pooled)
+        return f * pooled, [f * s for s in chans] if chans else None
+
+    def effective_std(self, data: DataStats | float | None = None) -> float:
+        """The pooled form of :meth:`effective_stds`. Without ``data`` only a resolved ``std``/``channel``
+        scaling knows it (``target_std``: the data it was measured on)."""
+        if data is not None:
+            return self.effective_stds(data)[0]
+        if not self.needs_stats:
+            raise ConfigError("scaling", f"mode {self.mode!r} needs the data std to report the effective std")
         self._require_resolved()
         return float(self.target_std)
+
+    def describe(self) -> str:
+        """A few words for legends and tables ("" for ``none``): what the scaling does to the data."""
+        if self.mode == "none":
+            return ""
+        if self.mode == "scalar":
+            return f"data ×{self.multiplier:g}"
+        if self.mode == "std":
+            return f"std→{self.target_std:g}"
+        return f"per-channel std→{self.target_std:g}"

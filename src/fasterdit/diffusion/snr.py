@@ -15,8 +15,9 @@ too, ``P(Λ ≤ λ) = 1 − P_t(T ≤ t(λ))``, so quantiles and window masses n
 only the mean, std and mode are taken on a fine float64 grid. A Monte-Carlo estimate (draw t with the
 recipe's own sampler, histogram ``λ(t)``) is offered beside it as an independent check.
 
-Which std: the recipe's :class:`~fasterdit.diffusion.scaling.DataScaling` is applied (resolved on the
-given data std), so the PDF is that of the data the model trains on — a recipe that standardises
+Which std: the recipe's :class:`~fasterdit.diffusion.scaling.DataScaling` says, through
+:meth:`~fasterdit.diffusion.scaling.DataScaling.effective_stds` (an unresolved scaling as if resolved on the
+given data), so the PDF is that of the data the model trains on — a recipe that standardises
 its data (FasterDiT's preset) shows the same PDF for any raw data std, which is the point of the
 "std modulation". Per-channel stds give either one curve per channel (``per_channel=True``) or one
 curve for the pooled std of all channels (default; a RunningStats gives the exact pooled std,
@@ -53,7 +54,10 @@ import numpy as np
 import torch
 
 from fasterdit.data.stats import DataStats, RunningStats
-from fasterdit.diffusion.recipe import load_recipe
+from fasterdit.diffusion.recipe import Recipe, RecipeSpec, load_recipe
+from fasterdit.diffusion.scaling import DataScaling
+from fasterdit.diffusion.schedules import Schedule
+from fasterdit.diffusion.timesteps import TimestepSampler, UniformDiscrete
 from fasterdit.errors import ConfigError
 
 __all__ = [
@@ -64,8 +68,8 @@ __all__ = [
     "ScaleRecommendation",
     "check_window",
     "default_window",
-    "effective_stds",
     "is_schedule_pair",
+    "recipe_label",
     "recommend_scale",
     "snr_distribution",
     "snr_distributions",
@@ -78,9 +82,18 @@ UNITS = ("nats", "dB")
 _TAIL = 1e-10  # probability left out at each end of the internal grid
 _GRID_POINTS = 20_001  # internal float64 grid for mean/std/mode
 # shift-free grids per timestep sampler (weakly held) and schedule: the std only translates them
-_BASE_GRIDS: weakref.WeakKeyDictionary[Any, dict[int, tuple[Any, tuple[np.ndarray, np.ndarray]]]] = (
-    weakref.WeakKeyDictionary()
-)
+_BASE_GRIDS: weakref.WeakKeyDictionary[
+    TimestepSampler, dict[int, tuple[Schedule, tuple[np.ndarray, np.ndarray]]]
+] = weakref.WeakKeyDictionary()
+
+#: λ values (nats) or probability levels: a number, a sequence or an array
+Points = float | Sequence[float] | np.ndarray
+#: a bare strategy, without data scaling: (schedule, timestep sampler)
+SchedulePair = tuple[Schedule, TimestepSampler]
+#: what the analyser reads as a recipe: anything :func:`load_recipe` takes, or a bare pair
+RecipeLike = RecipeSpec | SchedulePair
+#: the raw data's std: one number, channel stds (a sequence, tensor or array), or measured statistics
+DataStd = float | Sequence[float] | torch.Tensor | np.ndarray | DataStats | RunningStats
 
 # ----------------------------------------------------------------------------------------- helpers
 
@@ -91,7 +104,7 @@ def unit_factor(units: str) -> float:
     return 1.0 if units == "nats" else NATS_TO_DB
 
 
-def _check_std(value: Any, field_name: str = "data_std") -> float:
+def _check_std(value: object, field_name: str = "data_std") -> float:
     try:
         v = float(value)
     except (TypeError, ValueError):
@@ -101,7 +114,7 @@ def _check_std(value: Any, field_name: str = "data_std") -> float:
     return v
 
 
-def check_window(window: Any, field_name: str = "window") -> tuple[float, float] | None:
+def check_window(window: Sequence[float] | None, field_name: str = "window") -> tuple[float, float] | None:
     if window is None:
         return None
     try:
@@ -113,14 +126,14 @@ def check_window(window: Any, field_name: str = "window") -> tuple[float, float]
     return lo, hi
 
 
-def _d_log_snr(schedule: Any, t: torch.Tensor) -> torch.Tensor:
-    """dλ/dt in float64: the schedule's analytic derivative when it has one (all built-in schedules),
-    else autograd through ``log_snr``, else a central finite difference (third-party schedules)."""
-    if hasattr(schedule, "d_log_snr"):
+def _d_log_snr(schedule: Schedule, t: torch.Tensor) -> torch.Tensor:
+    """dλ/dt in float64: the schedule's analytic derivative (all built-in schedules), else autograd
+    through ``log_snr``, else a central finite difference: a third-party :class:`Schedule` may leave
+    α' and σ' unimplemented (``NotImplementedError``, the base class's contract)."""
+    try:
         return schedule.d_log_snr(t).to(torch.float64)
-    if hasattr(schedule, "d_alpha") and hasattr(schedule, "d_sigma"):
-        a, s = schedule.alpha(t).double(), schedule.sigma(t).double()
-        return 2.0 * (schedule.d_alpha(t).double() / a - schedule.d_sigma(t).double() / s)
+    except NotImplementedError:
+        pass
     try:
         tt = t.detach().clone().requires_grad_(True)
         (grad,) = torch.autograd.grad(schedule.log_snr(tt).sum(), tt)
@@ -133,11 +146,9 @@ def _d_log_snr(schedule: Any, t: torch.Tensor) -> torch.Tensor:
     return (schedule.log_snr(hi).double() - schedule.log_snr(lo).double()) / (hi - lo)
 
 
-def _is_discrete_sampler(sampler: Any) -> int | None:
+def _is_discrete_sampler(sampler: TimestepSampler) -> int | None:
     """Number of grid steps of a DDPM-style discrete sampler (t = (i+1)/N), else None."""
-    if getattr(sampler, "name", "") == "uniform-discrete":
-        return int(sampler.num_steps)
-    return None
+    return sampler.num_steps if isinstance(sampler, UniformDiscrete) else None
 
 
 # ------------------------------------------------------------------------------------ the law of λ
@@ -184,9 +195,9 @@ class LogSNRDistribution:
     """The law of the extended log-SNR ``λ = λ_sched(t) + 2·ln(effective_std)``, t ~ ``sampler``.
 
     Args:
-        schedule: a :class:`~fasterdit.diffusion.schedules.Schedule` (needs ``log_snr``,
-            ``t_from_log_snr``, ``lambda_min``/``lambda_max``; ``d_log_snr`` preferred).
-        sampler: a timestep sampler with ``pdf`` (and ``cdf``/``sample`` for quantiles / the MC check).
+        schedule: the path; its ``d_log_snr`` is used where it is implemented (see :func:`_d_log_snr`).
+        sampler: the timestep law: ``pdf`` for the density, ``cdf`` for quantiles and window masses,
+            ``sample`` for the Monte-Carlo check.
         effective_std: the std of the data *as the model sees it* (after the recipe's scaling).
         label: the recipe's name, for legends and tables.
         data_std: the raw data std this was computed for (informational).
@@ -196,8 +207,8 @@ class LogSNRDistribution:
 
     def __init__(
         self,
-        schedule: Any,
-        sampler: Any,
+        schedule: Schedule,
+        sampler: TimestepSampler,
         effective_std: float = 1.0,
         *,
         label: str = "",
@@ -235,7 +246,7 @@ class LogSNRDistribution:
         )
 
     # --- exact density and CDF ---------------------------------------------------------------------
-    def _base(self, lam: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _base(self, lam: Points) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         lam64 = torch.as_tensor(np.asarray(lam, dtype=np.float64))
         base = lam64 - self.shift
         lo, hi = float(self.schedule.lambda_min), float(self.schedule.lambda_max)
@@ -243,7 +254,7 @@ class LogSNRDistribution:
         t = self.schedule.t_from_log_snr(base).to(torch.float64)
         return base, t, inside
 
-    def pdf(self, lam: Any) -> np.ndarray:
+    def pdf(self, lam: Points) -> np.ndarray:
         """Exact density of λ at ``lam`` (nats), per nat: ``p_t(t(λ)) / |λ'(t(λ))|``; 0 off the support."""
         _, t, inside = self._base(lam)
         pt = torch.as_tensor(self.sampler.pdf(t), dtype=torch.float64)
@@ -252,11 +263,9 @@ class LogSNRDistribution:
         p = torch.where(inside & torch.isfinite(p), p, torch.zeros_like(p))
         return p.numpy()
 
-    def cdf(self, lam: Any) -> np.ndarray:
+    def cdf(self, lam: Points) -> np.ndarray:
         """Exact ``P(Λ ≤ λ) = 1 − P_t(T ≤ t(λ))`` (λ decreases with t)."""
         base, t, _ = self._base(lam)
-        if not hasattr(self.sampler, "cdf"):
-            return self._grid_cdf(np.asarray(lam, dtype=np.float64))
         ft = torch.as_tensor(self.sampler.cdf(t), dtype=torch.float64)
         out = 1.0 - ft
         out = torch.where(base >= float(self.schedule.lambda_max), torch.ones_like(out), out)
@@ -268,16 +277,12 @@ class LogSNRDistribution:
         c = self.cdf(np.array([lo, hi]))
         return float(max(c[1] - c[0], 0.0))
 
-    def quantile(self, q: Any) -> np.ndarray:
+    def quantile(self, q: Points) -> np.ndarray:
         """λ (nats) at probability levels ``q``, exact: P(Λ ≤ λ_q) = q ⇔ t = the (1−q)-quantile of the
         timestep law (found by bisection of the sampler's CDF in logit t, float64), λ_q = λ(t) + shift."""
         q = np.atleast_1d(np.asarray(q, dtype=np.float64))
         if np.any((q <= 0) | (q >= 1)):
             raise ConfigError("quantile", f"levels must be in (0, 1), got {q.tolist()}")
-        if not hasattr(self.sampler, "cdf"):
-            grid, p = self._grid()
-            c = np.concatenate([[0.0], np.cumsum(0.5 * (p[1:] + p[:-1]) * np.diff(grid))])
-            return np.interp(q, c / c[-1], grid)
         t = self._t_quantile(1.0 - q)
         return self.schedule.log_snr(torch.as_tensor(t)).double().numpy() + self.shift
 
@@ -317,10 +322,7 @@ class LogSNRDistribution:
         return self._grid_cache
 
     def _base_grid(self) -> tuple[np.ndarray, np.ndarray]:
-        if hasattr(self.sampler, "cdf"):
-            t_lo, t_hi = (float(v) for v in self._t_quantile(np.array([_TAIL, 1.0 - _TAIL])))
-        else:
-            t_lo, t_hi = 1e-9, 1.0 - 1e-9
+        t_lo, t_hi = (float(v) for v in self._t_quantile(np.array([_TAIL, 1.0 - _TAIL])))
         t_lo, t_hi = max(t_lo, 1e-300), min(t_hi, 1.0 - 1e-16)
         u = torch.linspace(
             math.log(t_lo) - math.log1p(-t_lo),
@@ -420,7 +422,9 @@ class LogSNRDistribution:
             "hist_bins": int(bins),
         }
 
-    def histogram(self, n: int = 1_000_000, bins: Any = 200, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    def histogram(
+        self, n: int = 1_000_000, bins: int | Sequence[float] | np.ndarray = 200, seed: int = 0
+    ) -> tuple[np.ndarray, np.ndarray]:
         """MC density estimate: (bin edges in nats, density per nat) from ``n`` seeded draws."""
         x = self.sample(n, torch.Generator().manual_seed(int(seed)))
         dens, edges = np.histogram(x, bins=bins, density=False)
@@ -430,40 +434,35 @@ class LogSNRDistribution:
 # ----------------------------------------------------------------------------- recipes and data std
 
 
-def _load_recipe(spec: Any) -> Any:
-    return load_recipe(spec)
-
-
-def _recipe_label(recipe: Any, spec: Any) -> str:
-    name = getattr(recipe, "name", "") or ""
-    if (not name or name == "custom") and isinstance(spec, (str, Path)):
+def recipe_label(recipe: Recipe, spec: RecipeSpec) -> str:
+    """The recipe's name for legends and tables, or its file's name for an unnamed (``custom``) recipe read
+    from ``spec``, a file."""
+    if recipe.name == "custom" and isinstance(spec, (str, Path)):
         return Path(spec).stem
-    return name or "recipe"
+    return recipe.name
 
 
-def _scaling_note(scaling: Any) -> str:
-    if scaling is None or scaling.mode == "none":
-        return ""
-    if scaling.mode == "scalar":
-        return f"data ×{scaling.multiplier:g}"
-    if scaling.mode == "std":
-        return f"std→{scaling.target_std:g}"
-    return f"per-channel std→{scaling.target_std:g}"
-
-
-def is_schedule_pair(obj: Any) -> bool:
+def is_schedule_pair(obj: object) -> bool:
     """A ``(schedule, timestep_sampler)`` pair rather than a recipe (or a tuple of recipes)."""
-    return isinstance(obj, tuple) and len(obj) == 2 and hasattr(obj[0], "log_snr") and hasattr(obj[1], "pdf")
+    return (
+        isinstance(obj, tuple)
+        and len(obj) == 2
+        and isinstance(obj[0], Schedule)
+        and isinstance(obj[1], TimestepSampler)
+    )
 
 
-def _pooled_and_channels(data_std: Any) -> tuple[float, list[float] | None]:
-    """(pooled std, per-channel stds or None) from a number, a sequence/tensor of channel stds, a
-    DataStats or a RunningStats. The pooled std is always ``DataStats.pooled_std`` (the library's one
-    formula); from channel stds alone the channel means count as equal."""
+def _raw_stats(data_std: DataStd) -> DataStats | float:
+    """The raw data as :meth:`DataScaling.effective_stds` reads it, every std checked: a number, a
+    DataStats or a RunningStats (the channel stds are always reported), or channel stds (a sequence,
+    tensor or array: the channel means count as equal; one value is a number)."""
     if isinstance(data_std, RunningStats):
         data_std = data_std.data_stats()
-    if isinstance(data_std, DataStats):  # measured: the channel stds are always reported
-        return _check_std(data_std.pooled_std), [_check_std(v) for v in data_std.std]
+    if isinstance(data_std, DataStats):
+        _check_std(data_std.pooled_std)
+        for v in data_std.std:
+            _check_std(v)
+        return data_std
     if isinstance(data_std, torch.Tensor):
         data_std = data_std.detach().double().flatten().tolist()
     if isinstance(data_std, np.ndarray):
@@ -473,47 +472,19 @@ def _pooled_and_channels(data_std: Any) -> tuple[float, list[float] | None]:
             raise ConfigError("data_std", "got an empty list of channel stds")
         chans = [_check_std(v) for v in data_std]
         if len(chans) == 1:
-            return chans[0], None
-        return _check_std(DataStats.from_stds(chans).pooled_std), chans
-    return _check_std(data_std), None
-
-
-def effective_stds(scaling: Any, data_std: Any) -> tuple[float, list[float] | None]:
-    """The std(s) the model sees after the recipe's data scaling, given the raw data std(s).
-
-    Returns ``(pooled, per-channel or None)``. The scaling is resolved on this data when it needs
-    statistics and has none (``std`` → target_std; ``channel`` → target_std for every channel); an
-    already-resolved scaling keeps its measured statistics (so a data std different from the one it
-    was resolved on moves the PDF, as it would in training).
-    """
-    pooled, chans = _pooled_and_channels(data_std)
-    if scaling is None or scaling.mode == "none":
-        return pooled, chans
-    if scaling.mode == "scalar":
-        m = float(scaling.multiplier)
-        return m * pooled, [m * s for s in chans] if chans else None
-    if scaling.mode == "std":
-        ref = scaling.std[0] if scaling.std else pooled
-        f = float(scaling.target_std) / ref
-        return f * pooled, [f * s for s in chans] if chans else None
-    # channel standardisation
-    target = float(scaling.target_std)
-    if scaling.std and chans and len(scaling.std) == len(chans):
-        per = [target * s / r for s, r in zip(chans, scaling.std)]
-        return math.sqrt(sum(v * v for v in per) / len(per)), per
-    if scaling.std and not chans:
-        resolved = scaling
-    else:
-        resolved = scaling.resolve(mean=[0.0] * len(chans or [0]), std=chans or [pooled])
-    return float(resolved.effective_std(pooled)), [target] * len(chans) if chans else None
+            return chans[0]
+        stats = DataStats.from_stds(chans)
+        _check_std(stats.pooled_std)
+        return stats
+    return _check_std(data_std)
 
 
 def snr_distributions(
-    recipe: Any,
-    data_std: Any = 1.0,
+    recipe: RecipeLike,
+    data_std: DataStd = 1.0,
     *,
     per_channel: bool = False,
-    timesteps: Any = None,
+    timesteps: TimestepSampler | None = None,
     label: str | None = None,
 ) -> list[LogSNRDistribution]:
     """The log-SNR law(s) a recipe induces on data of the given std.
@@ -521,36 +492,45 @@ def snr_distributions(
     Args:
         recipe: a Recipe, a preset name ("dit", "sit", "fasterdit"), a recipe YAML path, a mapping,
             or a ``(schedule, timestep_sampler)`` pair (no data scaling).
-        data_std: the raw data's std: a number, per-channel stds (list/tensor) or a RunningStats.
+        data_std: the raw data's std: a number, per-channel stds (list/tensor), a DataStats or a
+            RunningStats. The recipe's :meth:`DataScaling.effective_stds` turns it into what the model sees.
         per_channel: one law per channel instead of one for the pooled std.
-        timesteps: override the recipe's timestep sampler (an object with ``pdf``/``cdf``/``sample``).
+        timesteps: override the recipe's timestep sampler.
         label: legend label (default: the recipe's name).
     """
     if is_schedule_pair(recipe):
-        schedule, sampler, scaling, name = recipe[0], recipe[1], None, "custom"
+        schedule, sampler = recipe
+        scaling, name = DataScaling(), "custom"
     else:
-        r = _load_recipe(recipe)
+        r = load_recipe(recipe)
         schedule, sampler, scaling = r.schedule_obj, r.timestep_sampler_obj, r.scaling
-        name = _recipe_label(r, recipe)
+        name = recipe_label(r, recipe)
     if timesteps is not None:
         sampler = timesteps
     label = label or name
-    note = _scaling_note(scaling)
-    pooled_raw, chans_raw = _pooled_and_channels(data_std)
-    pooled, chans = effective_stds(scaling, data_std)
-    if per_channel and chans:
+    note = scaling.describe()
+    raw = _raw_stats(data_std)
+    pooled, chans = scaling.effective_stds(raw)
+    if per_channel and chans and isinstance(raw, DataStats):
         return [
-            LogSNRDistribution(schedule, sampler, s, label=label, data_std=raw, channel=c, scaling_note=note)
-            for c, (s, raw) in enumerate(zip(chans, chans_raw or chans))
+            LogSNRDistribution(schedule, sampler, s, label=label, data_std=r_c, channel=c, scaling_note=note)
+            for c, (s, r_c) in enumerate(zip(chans, raw.std))
         ]
+    pooled_raw = raw.pooled_std if isinstance(raw, DataStats) else raw
     return [
         LogSNRDistribution(schedule, sampler, pooled, label=label, data_std=pooled_raw, scaling_note=note)
     ]
 
 
-def snr_distribution(recipe: Any, data_std: Any = 1.0, **kw: Any) -> LogSNRDistribution:
+def snr_distribution(
+    recipe: RecipeLike,
+    data_std: DataStd = 1.0,
+    *,
+    timesteps: TimestepSampler | None = None,
+    label: str | None = None,
+) -> LogSNRDistribution:
     """The pooled-std log-SNR law of a recipe (see :func:`snr_distributions`)."""
-    return snr_distributions(recipe, data_std, per_channel=False, **kw)[0]
+    return snr_distributions(recipe, data_std, timesteps=timesteps, label=label)[0]
 
 
 # ---------------------------------------------------------------------------------- default window
@@ -627,7 +607,7 @@ def _best_shift_for_window(dist: LogSNRDistribution, window: tuple[float, float]
     q01, q99 = dist.quantile([0.001, 0.999])
     d = np.linspace(lo - q99, hi - q01, 2001)
 
-    def mass(x: Any) -> Any:
+    def mass(x: float | np.ndarray) -> np.ndarray:
         return dist._grid_cdf(hi - np.asarray(x)) - dist._grid_cdf(lo - np.asarray(x))
 
     i = int(np.argmax(mass(d)))
@@ -666,12 +646,12 @@ def _best_shift_for_window(dist: LogSNRDistribution, window: tuple[float, float]
 
 
 def recommend_scale(
-    recipe: Any,
-    data_std: Any = 1.0,
+    recipe: RecipeLike | LogSNRDistribution,
+    data_std: DataStd = 1.0,
     *,
     window: tuple[float, float] | None = None,
-    reference: Any = None,
-    reference_std: Any = None,
+    reference: RecipeLike | LogSNRDistribution | None = None,
+    reference_std: DataStd | None = None,
     method: str = "median",
 ) -> ScaleRecommendation:
     """The multiplier k that moves a recipe's log-SNR law where it should be.

@@ -15,7 +15,6 @@ import functools
 import hashlib
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,12 +24,14 @@ import torch
 
 from fasterdit.data import EMBEDDED, INFO, load_embedded, split_indices
 from fasterdit.diffusion.recipe import Recipe
-from fasterdit.diffusion.sampling import sample
 from fasterdit.errors import ConfigError, DataError
 from fasterdit.eval.classifier import asset_path, classifier_outputs, load_classifier
 from fasterdit.eval.frechet import FeatureStats, save_stats
 from fasterdit.eval.metrics import class_accuracy, inception_score, knn_radii, precision_recall
+from fasterdit.generate.defaults import BATCH_SIZE
+from fasterdit.generate.job import Decode, SampleSettings, sample_shared
 from fasterdit.models.dit import DiT
+from fasterdit.runtime.distributed import DistInfo
 
 REFERENCE_SPLITS = ("heldout", "train", "all")
 _OTHER_SPLIT = {"heldout": "train", "train": "heldout", "all": None}
@@ -247,115 +248,38 @@ def evaluate_samples(
     return out
 
 
-@dataclass
-class Generated:
-    """Samples of :func:`generate_samples`: images in data space (decoded if a decoder was given)."""
-
-    images: torch.Tensor  # float32 (N, C, H, W) on the CPU
-    labels: torch.Tensor | None  # (N,) long, or None for an unconditional model
-    nfe: float | int  # per sample (mean over batches for adaptive samplers)
-    sampler: str
-    steps: int
-    seconds: float
-
-
-def generate_samples(
-    model: DiT,
-    recipe: Recipe,
-    num_samples: int,
-    *,
-    sampler: str | None = None,
-    steps: int | None = None,
-    cfg_scale: float = 1.0,
-    batch_size: int = 250,
-    seed: int = 0,
-    device: str | torch.device = "cpu",
-    guidance_interval: tuple[float, float] | None = None,
-    decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    amp: bool | None = None,
-    progress: bool = False,
-    sampler_kwargs: dict[str, Any] | None = None,
-    guide_channels: int | None = None,
-) -> Generated:
-    """Class-balanced samples (labels cycle 0..K-1) from fixed seeded noise.
-
-    The noise comes from a CPU ``torch.Generator(seed)`` and is then moved to ``device``, so the same
-    seed gives the same noise on every device and every call: successive evaluations during training
-    differ only by the weights. ``decode`` maps the sampler's output to images (a VAE for latent
-    models). ``amp`` (default: on CUDA only) samples under bfloat16 autocast. ``sampler_kwargs`` go
-    to the sampler (e.g. ``rtol``/``atol`` of dopri5, ``eta`` of ddim).
-    """
-    if num_samples < 1:
-        raise ConfigError("num_samples", f"must be >= 1, got {num_samples}")
-    if batch_size < 1:
-        raise ConfigError("batch_size", f"must be >= 1, got {batch_size}")
-    device = torch.device(device)
-    shape = (int(model.in_channels), *(int(v) for v in model.input_size))
-    name, n_steps = sampler or recipe.sampler.name, steps or recipe.sampler.steps
-    # fail before minutes of sampling, e.g. on an unresolved data-std scaling
-    recipe.scaling.inverse(torch.zeros(1, *shape))
-    num_classes = model.num_classes
-    labels = torch.arange(num_samples) % num_classes if num_classes else None
-    noise = torch.randn((num_samples, *shape), generator=torch.Generator().manual_seed(seed))
-    use_amp = device.type == "cuda" if amp is None else bool(amp)
-    t0 = time.time()
-    chunks, nfes = [], []
-    for start in range(0, num_samples, batch_size):
-        x = noise[start : start + batch_size].to(device)
-        y = None if labels is None else labels[start : start + batch_size].to(device)
-        g = torch.Generator(device=device).manual_seed(seed * 1_000_003 + start)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-            res = sample(
-                model, recipe, x, y=y, sampler=name, steps=n_steps, cfg_scale=cfg_scale,
-                guidance_interval=guidance_interval, guide_channels=guide_channels, generator=g,
-                **(sampler_kwargs or {}),
-            )  # fmt: skip
-        out = res.x.detach().float()
-        if decode is not None:
-            out = decode(out).float()
-        chunks.append(out.cpu())
-        nfes.append(int(res.nfe))
-        if progress:
-            print(f"  {min(start + batch_size, num_samples)}/{num_samples} samples", flush=True)
-    nfe: float | int = nfes[0] if len(set(nfes)) == 1 else float(np.mean(nfes))
-    return Generated(torch.cat(chunks), labels, nfe, name, n_steps, time.time() - t0)
-
-
 def evaluate(
     model: DiT,
     recipe: Recipe,
+    settings: SampleSettings,
     *,
-    dataset: str = "mnist",
-    num_samples: int = 1000,
-    sampler: str | None = None,
-    steps: int | None = None,
-    cfg_scale: float = 1.0,
-    batch_size: int = 250,
-    seed: int = 0,
-    device: str | torch.device = "cpu",
+    dataset: str,
     reference: str = "heldout",
-    guidance_interval: tuple[float, float] | None = None,
+    batch_size: int = BATCH_SIZE,
+    dist: DistInfo | None = None,
+    decode: Decode | None = None,
+    abort: type[Exception] | None = None,
     return_samples: bool = False,
-    sampler_kwargs: dict[str, Any] | None = None,
-    decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
     **metric_kwargs: Any,
-) -> dict[str, Any]:
-    """Sample ``num_samples`` class-balanced images (labels cycle 0..9) and evaluate them.
+) -> dict[str, Any] | None:
+    """Sample ``settings`` and score the samples: what ``eval.every`` logs and ``fasterdit eval`` reports.
 
-    This is what the trainer calls every ``eval.every`` steps. Sampling: :func:`generate_samples`
-    (fixed seeded noise, ``sampler``/``steps`` default to the recipe's). Metrics:
-    :func:`evaluate_samples`. Returns its dict plus ``nfe`` (per sample), ``sampler``, ``steps``,
-    ``cfg_scale``, ``seed``, ``sample_seconds`` and ``eval_seconds`` (sampling + metrics);
-    ``return_samples=True`` adds ``samples``/``labels`` tensors; ``sampler_kwargs`` go to the sampler;
-    ``decode`` maps a latent model's samples to ``dataset``'s images (the data's VAE, cropped back);
-    other keyword arguments to :func:`evaluate_samples` (``k``, ``classifier_path``, ``cache_file``).
+    Sampling is the one path of :mod:`fasterdit.generate.job`: sample i's noise and label come from
+    (seed, i), every rank samples its share of the same batch grid, the images are quantised to 8 bits
+    as a samples ``.npz`` holds them. So the numbers do not depend on the number of processes, and equal
+    ``fasterdit eval``'s on a checkpoint of the same weights. Rank 0 returns
+    :func:`evaluate_samples`'s dict plus ``nfe`` (per sample), ``sampler``, ``steps``, ``cfg_scale``,
+    ``seed``, ``sample_seconds``, ``eval_seconds`` and ``world_size`` (``samples``/``labels`` with
+    ``return_samples``); the other ranks return None. ``decode`` maps a latent model's samples to
+    ``dataset``'s images; ``abort``: see :func:`~fasterdit.generate.job.sample_shared`; other keyword
+    arguments go to :func:`evaluate_samples` (``k``, ``classifier_path``, ``cache_file``).
     """
     if dataset not in INFO:
         raise ConfigError(
             "dataset", f"offline evaluation needs an embedded dataset ({', '.join(INFO)}), got {dataset!r}"
         )
-    if num_samples < 2:
-        raise ConfigError("num_samples", f"must be >= 2, got {num_samples}")
+    if settings.num_samples < 2:
+        raise ConfigError("num_samples", f"must be >= 2, got {settings.num_samples}")
     info = INFO[dataset]
     shape = (model.in_channels, *model.input_size)
     if decode is None and shape != (info.channels, info.resolution, info.resolution):
@@ -368,25 +292,29 @@ def evaluate(
     num_classes = model.num_classes
     if num_classes not in (0, info.num_classes):
         raise ConfigError("dataset", f"model has {num_classes} classes, {dataset} has {info.num_classes}")
+    dist = dist if dist is not None else DistInfo(device=next(model.parameters()).device)
     t0 = time.time()
-    gen = generate_samples(
-        model, recipe, num_samples, sampler=sampler, steps=steps, cfg_scale=cfg_scale, batch_size=batch_size,
-        seed=seed, device=device, guidance_interval=guidance_interval, sampler_kwargs=sampler_kwargs,
-        decode=decode,
-    )  # fmt: skip
-    out = evaluate_samples(gen.images, gen.labels, dataset, reference, device=device, **metric_kwargs)
+    got = sample_shared(model, recipe, settings, batch_size=batch_size, dist=dist, decode=decode, abort=abort)
+    if got is None:
+        return None
+    images, labels, nfe = got
+    sample_seconds = time.time() - t0
+    y = labels if num_classes else None
+    out = evaluate_samples(images, y, dataset, reference, device=dist.device, **metric_kwargs)
     out.update(
-        nfe=gen.nfe,
-        sampler=gen.sampler,
-        steps=gen.steps,
-        cfg_scale=float(cfg_scale),
-        seed=seed,
-        sample_seconds=round(gen.seconds, 3),
+        nfe=nfe,
+        sampler=settings.sampler,
+        steps=settings.steps,
+        cfg_scale=settings.cfg_scale,
+        seed=settings.seed,
+        sample_seconds=round(sample_seconds, 3),
         eval_seconds=round(time.time() - t0, 3),
+        world_size=dist.world_size,
     )
     out["summary"] += (
-        f" | {gen.sampler} {gen.steps} steps, NFE {gen.nfe}, cfg {cfg_scale}, {out['eval_seconds']:.1f} s"
+        f" | {settings.sampler} {settings.steps} steps, NFE {nfe}, cfg {settings.cfg_scale}, "
+        f"{out['eval_seconds']:.1f} s"
     )
     if return_samples:
-        out["samples"], out["labels"] = gen.images, gen.labels
+        out["samples"], out["labels"] = images, labels
     return out

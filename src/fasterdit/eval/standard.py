@@ -49,6 +49,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch.nn import functional as F
+from tqdm import tqdm
 
 from fasterdit.errors import DataError, UserError
 from fasterdit.eval.adm import IS_SPLIT_SIZE, adm_metrics
@@ -175,13 +176,17 @@ def compute_activations(
     extractor: Extractor,
     batch_size: int = 100,
     device: str | torch.device | None = None,
+    progress: str | None = None,
 ) -> dict[str, np.ndarray]:
-    """Run the extractor over all images in batches; float64 numpy arrays per output key."""
+    """Run the extractor over all images in batches; float64 numpy arrays per output key.
+
+    ``progress``: a label for a progress bar (50,000 Inception passes take minutes), or None for none."""
     x = to_uint8_nchw(images)
     if device is None:
         device = getattr(extractor, "device", "cpu")
     parts: dict[str, list[np.ndarray]] = {}
-    for i in range(0, len(x), batch_size):
+    starts = range(0, len(x), batch_size)
+    for i in tqdm(starts, desc=progress, unit="batch", disable=progress is None, leave=False):
         with torch.no_grad():
             out = extractor(x[i : i + batch_size].to(device))
         if "pool" not in out:
@@ -247,6 +252,7 @@ def standard_metrics(
     is_split_size: int = IS_SPLIT_SIZE,
     recompute_reference: bool = False,
     device: str | torch.device | None = None,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """FID, sFID, IS, precision and recall of samples against an ADM-format reference batch.
 
@@ -261,13 +267,16 @@ def standard_metrics(
         samples = load_samples_npz(samples)[0]
     reference_npz = Path(reference_npz)
     ref_images = _npz_images(reference_npz)
-    sample_acts = compute_activations(samples, extractor, batch_size, device)
+    sample_acts = compute_activations(
+        samples, extractor, batch_size, device, progress="Inception: samples" if progress else None
+    )
     # The 10k reference images are the expensive part: once per process, per file and extractor (the
     # entry holds the extractor itself, so a new object can never be mistaken for a collected one).
     ref_key = (str(reference_npz.resolve()), reference_npz.stat().st_mtime)
     cached = _REF_ACTS.get("entry")
     if cached is None or cached[0] != ref_key or cached[1] is not extractor:
-        acts = compute_activations(ref_images, extractor, batch_size, device)
+        label = "Inception: reference" if progress else None
+        acts = compute_activations(ref_images, extractor, batch_size, device, progress=label)
         _REF_ACTS["entry"] = (ref_key, extractor, acts)
     ref_acts = _REF_ACTS["entry"][2]
     n = len(sample_acts["pool"])

@@ -30,10 +30,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from fasterdit.diffusion.recipe import Recipe
 from fasterdit.diffusion.sampling import sample
 from fasterdit.errors import ConfigError, DataError, UserError
-from fasterdit.generate import seeds as sample_seeds
+from fasterdit.generate import seeds
+from fasterdit.generate.defaults import ResolvedSampling
 from fasterdit.generate.npz import write_samples_npz
+from fasterdit.models.dit import DiT
 from fasterdit.runtime.distributed import DistInfo, barrier, broadcast_object, gather_objects
 from fasterdit.runtime.files import atomic_write_bytes, atomic_write_text
 from fasterdit.viz import to_uint8
@@ -57,6 +60,30 @@ class SampleSettings:
     label_mode: str = "uniform"  # uniform | balanced | given
     labels: tuple[int, ...] | None = None  # the classes of label_mode "given"
     precision: str = "fp32"  # fp32 | tf32 (TF32 matmuls, DiT's sample_ddp.py) | bf16 (autocast) | fp64
+
+    @classmethod
+    def from_resolved(
+        cls,
+        r: ResolvedSampling,
+        *,
+        label_mode: str,
+        labels: tuple[int, ...] | None = None,
+        precision: str = "fp32",
+    ) -> SampleSettings:
+        """Settings from the resolved defaults (:func:`~fasterdit.generate.defaults.resolve_sampling`)."""
+        return cls(
+            num_samples=r.num_samples,
+            seed=r.seed,
+            sampler=r.sampler,
+            steps=r.steps,
+            cfg_scale=r.cfg_scale,
+            guidance_interval=r.guidance_interval,
+            guide_channels=r.guide_channels,
+            sampler_kwargs=dict(r.sampler_kwargs),
+            label_mode=label_mode,
+            labels=labels,
+            precision=precision,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -85,9 +112,16 @@ def sidecar_path(out: Path) -> Path:
     return out.with_suffix(".json")
 
 
+def check_sampleable(model: DiT, recipe: Recipe) -> None:
+    """Fail before minutes of sampling on what would only fail at the end, e.g. a recipe whose data-std
+    scaling was never resolved (its inverse needs the measured std)."""
+    shape = (int(model.in_channels), *(int(v) for v in model.input_size))
+    recipe.scaling.inverse(torch.zeros(1, *shape))
+
+
 def sample_range(
-    model: torch.nn.Module,
-    recipe: Any,
+    model: DiT,
+    recipe: Recipe,
     settings: SampleSettings,
     start: int,
     end: int,
@@ -98,12 +132,12 @@ def sample_range(
     shape = (int(model.in_channels), *(int(v) for v in model.input_size))
     num_classes = int(model.num_classes or 0)
     dtype = next(model.parameters()).dtype  # float64 for --precision fp64
-    noise = sample_seeds.initial_noise(settings.seed, start, end, shape).to(device, dtype)
-    y = sample_seeds.labels_for(
+    noise = seeds.initial_noise(settings.seed, start, end, shape).to(device, dtype)
+    y = seeds.labels_for(
         settings.seed, start, end, num_classes=num_classes, mode=settings.label_mode,
         num_samples=settings.num_samples, given=settings.labels,
     )  # fmt: skip
-    steps_noise = sample_seeds.step_noise(settings.seed, start, end)
+    steps_noise = seeds.step_noise(settings.seed, start, end)
     with _precision(settings.precision, device):
         res = sample(
             model, recipe, noise, y=None if y is None else y.to(device), sampler=settings.sampler,
@@ -118,6 +152,14 @@ def sample_range(
 
 
 PRECISIONS = ("fp32", "tf32", "bf16", "fp64")
+
+
+def resolve_precision(flag: str, device: torch.device) -> str:
+    """``auto``: bfloat16 autocast on CUDA (what the trainer's grids and evaluations use there), float32
+    elsewhere; any other value is kept (and checked when sampling starts)."""
+    if flag != "auto":
+        return flag
+    return "bf16" if device.type == "cuda" else "fp32"
 
 
 @contextlib.contextmanager
@@ -231,8 +273,8 @@ class _Eta:
 
 
 def run_sample_job(
-    model: torch.nn.Module,
-    recipe: Any,
+    model: DiT,
+    recipe: Recipe,
     settings: SampleSettings,
     out: str | Path,
     *,
@@ -250,6 +292,7 @@ def run_sample_job(
     0 waits for the assembly.
     """
     out = Path(out)
+    check_sampleable(model, recipe)
     t0 = time.time()
     identity = json.loads(json.dumps({**record, **settings.to_dict()}))  # as job.json will read it back
     plan = _plan(out, identity, batch_size, settings.num_samples) if dist.is_main else None
@@ -311,8 +354,8 @@ def _assemble(out: Path, work: Path, num: int) -> float | int:
 
 
 def sample_shared(
-    model: torch.nn.Module,
-    recipe: Any,
+    model: DiT,
+    recipe: Recipe,
     settings: SampleSettings,
     *,
     batch_size: int,
@@ -326,6 +369,7 @@ def sample_shared(
     ``abort``: an exception that may stop a rank's sampling (a stop signal). The rank still takes part
     in the gather, and then every rank raises it, so no rank is left waiting in a collective.
     """
+    check_sampleable(model, recipe)
     todo = pending_ranges(settings.num_samples, batch_size, [])
     catch: tuple[type[Exception], ...] = (abort,) if abort is not None else ()
     parts: list[tuple[int, np.ndarray, np.ndarray, int]] | None = []

@@ -29,19 +29,20 @@ from fasterdit.run import checkpoint as ckpt_mod
 from fasterdit.run.config import RunConfig, config_from_dict
 from fasterdit.run.description import DataDescription
 
-__all__ = ["DataDescription", "LoadedModel", "SamplingDefaults", "load_model", "load_trained"]
+__all__ = ["DataDescription", "FamilyDefaults", "LoadedModel", "load_model", "load_trained"]
 
 #: the VAE the official DiT sample.py decodes with by default
 OFFICIAL_DEFAULT_VAE = "stabilityai/sd-vae-ft-mse"
 
 
 @dataclass(frozen=True)
-class SamplingDefaults:
-    """How the code that wrote a checkpoint samples it: the defaults of ``fasterdit sample``.
+class FamilyDefaults:
+    """How the official code that wrote a checkpoint samples it: the last layer of the defaults
+    (:mod:`fasterdit.generate.defaults`) for an official DiT or SiT ``.pt``.
 
-    Official checkpoints get their repository's ``sample.py`` settings, guidance of the first 3
-    channels included (their ``forward_with_cfg`` guides ``[:, :3]``). fasterdit's own runs get the
-    run's ``sample`` config and guide every channel: that is classifier-free guidance as defined
+    Their repository's ``sample.py`` settings, guidance of the first 3 channels included (their
+    ``forward_with_cfg`` guides ``[:, :3]``). fasterdit's own runs are sampled by the run's ``sample`` and
+    ``eval`` sections instead, and guide every channel: that is classifier-free guidance as defined
     (the official code's own comment calls all channels "the standard approach" and keeps 3 only to
     reproduce its earlier numbers), and for 4-channel latents guiding 3 leaves one latent channel
     unguided for no reason; ``--guide-channels 3`` is there for comparisons with the references.
@@ -55,9 +56,9 @@ class SamplingDefaults:
 
 
 #: DiT's sample.py: 250 DDPM steps (learned variance), CFG 4, guidance on 3 channels
-DIT_SAMPLE = SamplingDefaults("ddpm", 250, 4.0, 3)
+DIT_SAMPLE = FamilyDefaults("ddpm", 250, 4.0, 3)
 #: SiT's sample.py (ODE mode): dopri5 with atol 1e-6, rtol 1e-3, CFG 4, guidance on 3 channels
-SIT_SAMPLE = SamplingDefaults("dopri5", 250, 4.0, 3, {"atol": 1e-6, "rtol": 1e-3})
+SIT_SAMPLE = FamilyDefaults("dopri5", 250, 4.0, 3, {"atol": 1e-6, "rtol": 1e-3})
 
 
 @dataclass
@@ -68,7 +69,7 @@ class LoadedModel:
     model: DiT
     recipe: Recipe
     cfg: RunConfig
-    sampling: SamplingDefaults
+    family: FamilyDefaults | None  # how an official checkpoint's own code samples it; None for our runs
     data: DataDescription
     step: int | None  # None for official checkpoints
     source: str  # "fasterdit", "official-dit" or "official-sit"
@@ -130,10 +131,8 @@ def _load_ours(path: Path, ema: bool, device) -> LoadedModel:
         model = create_model(name, **m)
     model.load_state_dict(state, strict=True, assign=True)
     model = model.float().to(device).eval()
-    s = cfg.sample
-    sampling = SamplingDefaults(s.sampler or recipe.sampler.name, s.steps, s.cfg_scale)
     data = DataDescription.from_dict(meta.get("data"), str(ckpt))
-    return LoadedModel(model, recipe, cfg, sampling, data, int(meta["step"]), "fasterdit", ckpt)
+    return LoadedModel(model, recipe, cfg, None, data, int(meta["step"]), "fasterdit", ckpt)
 
 
 def _load_official(path: Path, ema: bool, device, family: str | None) -> LoadedModel:
@@ -148,12 +147,12 @@ def _load_official(path: Path, ema: bool, device, family: str | None) -> LoadedM
     model = loaded.model
     if loaded.family == "sit":
         recipe = replace(get_preset("sit"), name="sit-official", time_input="reversed").validate()
-        sampling = SIT_SAMPLE
+        family = SIT_SAMPLE
     else:
-        recipe, sampling = get_preset("dit"), DIT_SAMPLE
+        recipe, family = get_preset("dit"), DIT_SAMPLE
     latent = model.in_channels == 4
     if model.in_channels < 3:
-        sampling = replace(sampling, guide_channels=None)
+        family = replace(family, guide_channels=None)
     dropout = float(model.y_embedder.dropout_prob) if model.y_embedder is not None else 0.0
     cfg = config_from_dict(
         {
@@ -176,4 +175,4 @@ def _load_official(path: Path, ema: bool, device, family: str | None) -> LoadedM
         vae=OFFICIAL_DEFAULT_VAE if latent else None,
         origin=None,
     )
-    return LoadedModel(model, recipe, cfg, sampling, data, None, f"official-{loaded.family}", path)
+    return LoadedModel(model, recipe, cfg, family, data, None, f"official-{loaded.family}", path)

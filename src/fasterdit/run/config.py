@@ -11,10 +11,7 @@ training images seen is ``steps × batch_size`` (the progress bar and the metric
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
 import math
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from fasterdit.codec import field_type, from_mapping, to_mapping
 from fasterdit.dotted import apply_dotted
 from fasterdit.errors import ConfigError
 
@@ -109,24 +107,28 @@ class LogConfig:
 
 @dataclass
 class SampleConfig:
-    """The sample grids written during training: fixed noise and labels, EMA weights, rows = classes."""
+    """How the run is sampled: the grids written during training (EMA weights, one row per class), and the
+    defaults of ``fasterdit sample`` (and of ``fasterdit eval`` where the ``eval`` section is silent)."""
 
     sampler: str | None = None  #: None = the recipe's default sampler
     steps: int = 50
     cfg_scale: float = 1.0
     classes: list[int] | None = None  #: one grid row per class; None = every class (at most 10)
     per_class: int = 8  #: samples per row
+    seed: int = 0  #: sample i's noise and label come from (seed, i) only (fasterdit.generate.seeds)
 
 
 @dataclass
 class EvalConfig:
-    """Optional FID / class accuracy every ``every`` steps (embedded data only; see fasterdit.eval)."""
+    """Optional FID / class accuracy every ``every`` steps (embedded data only; see fasterdit.eval), and the
+    defaults of ``fasterdit eval`` on this run: the FID logged at step k is ``fasterdit eval``'s on step k."""
 
     every: int = 0  #: 0 = off
     num_samples: int = 1000
     sampler: str | None = None  #: None = sample.sampler
     steps: int | None = None  #: None = sample.steps
     cfg_scale: float | None = None  #: None = sample.cfg_scale
+    seed: int | None = None  #: None = sample.seed
 
 
 @dataclass
@@ -154,129 +156,18 @@ class RunConfig:
 
 
 # ----------------------------------------------------------------------------------------------------
-# dict <-> dataclass with type coercion
+# dict <-> dataclass: fasterdit.codec (type coercion, unknown fields with a did-you-mean)
 # ----------------------------------------------------------------------------------------------------
-
-_TRUE = {"true", "yes", "on", "1"}
-_FALSE = {"false", "no", "off", "0"}
-_NONE = {"none", "null", "~", ""}
-
-
-def _is_dataclass_type(tp: Any) -> bool:
-    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
-
-
-def _coerce(value: Any, tp: Any, name: str) -> Any:
-    """Convert a YAML or command-line value to the field's declared type, or raise naming the field.
-
-    PyYAML reads ``1e-4`` (no dot) as a string, and ``--set`` values arrive as strings, so numbers and
-    booleans are parsed here from either form.
-    """
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        is_none = value is None or (isinstance(value, str) and value.strip().lower() in _NONE)
-        if is_none and type(None) in args:
-            return None
-        for arg in (a for a in args if a is not type(None)):
-            try:
-                return _coerce(value, arg, name)
-            except ConfigError:
-                continue
-        raise ConfigError(name, f"expected {_type_name(tp)}, got {value!r}")
-    if tp is Any:
-        return value
-    if value is None:
-        raise ConfigError(name, f"expected {_type_name(tp)}, got null")
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, int) and value in (0, 1):
-            return bool(value)
-        if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
-            return value.strip().lower() in _TRUE
-        raise ConfigError(name, f"expected true or false, got {value!r}")
-    if tp is int:
-        if isinstance(value, bool):
-            raise ConfigError(name, f"expected an integer, got {value!r}")
-        if isinstance(value, int):
-            return value
-        try:
-            f = float(str(value).replace("_", ""))
-        except ValueError:
-            raise ConfigError(name, f"expected an integer, got {value!r}") from None
-        if not f.is_integer():
-            raise ConfigError(name, f"expected an integer, got {value!r}")
-        return int(f)
-    if tp is float:
-        if isinstance(value, bool):
-            raise ConfigError(name, f"expected a number, got {value!r}")
-        try:
-            f = float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(name, f"expected a number, got {value!r}") from None
-        if not math.isfinite(f):  # .inf / .nan parse as floats and would train NaN weights
-            raise ConfigError(name, f"must be a finite number, got {value!r}")
-        return f
-    if tp is str:
-        if isinstance(value, (dict, list)):
-            raise ConfigError(name, f"expected a string, got {value!r}")
-        return str(value)
-    if origin is list:
-        if isinstance(value, str):
-            value = [v for v in value.replace("[", "").replace("]", "").split(",") if v.strip()]
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(name, f"expected a list, got {value!r}")
-        (item,) = args or (Any,)
-        return [_coerce(v, item, f"{name}[{i}]") for i, v in enumerate(value)]
-    if origin is dict or tp is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(name, f"expected a mapping, got {value!r}")
-        return dict(value)
-    if _is_dataclass_type(tp):
-        return _build(tp, value, name)
-    raise ConfigError(name, f"unsupported field type {tp!r}")  # pragma: no cover - programming error
-
-
-def _type_name(tp: Any) -> str:
-    args = typing.get_args(tp)
-    if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in args)
-    return {bool: "true/false", int: "an integer", float: "a number", str: "a string"}.get(
-        tp, "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
-    )
-
-
-def _unknown(name: str, key: str, known: list[str]) -> ConfigError:
-    full = f"{name}.{key}" if name else key
-    close = difflib.get_close_matches(key, known, n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else f"; known fields: {', '.join(known)}"
-    return ConfigError(full, f"unknown field{hint}")
-
-
-def _build(cls: type, data: Any, name: str = "") -> Any:
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(name or "config", f"expected a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    kwargs = {}
-    for key, value in data.items():
-        if key not in fields:
-            raise _unknown(name, str(key), list(fields))
-        kwargs[key] = _coerce(value, hints[key], f"{name}.{key}" if name else key)
-    return cls(**kwargs)
 
 
 def config_from_dict(data: dict[str, Any]) -> RunConfig:
     """Build (and range-check) a RunConfig from a plain dict such as a parsed YAML file."""
-    return _build(RunConfig, data).validate()
+    return from_mapping(RunConfig, data).validate()
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:
     """Plain, YAML-safe dict of a config dataclass (round-trips through config_from_dict)."""
-    return dataclasses.asdict(cfg)
+    return to_mapping(cfg)
 
 
 def parse_overrides(items: list[str] | None) -> list[tuple[str, str]]:
@@ -288,23 +179,6 @@ def parse_overrides(items: list[str] | None) -> list[tuple[str, str]]:
             raise ConfigError("--set", f"expected key=value (e.g. optim.lr=2e-4), got {item!r}")
         out.append((key.strip(), value.strip()))
     return out
-
-
-def _field_type(key: str) -> Any:
-    """The declared type of the dotted config field ``key``; ConfigError naming the first unknown part."""
-    parts = key.split(".")
-    cls: Any = RunConfig
-    for i, part in enumerate(parts):
-        fields = {f.name for f in dataclasses.fields(cls)}
-        if part not in fields:
-            raise _unknown(".".join(parts[:i]), part, sorted(fields))
-        tp = typing.get_type_hints(cls)[part]
-        if i == len(parts) - 1:
-            return tp
-        if not _is_dataclass_type(tp):
-            raise ConfigError(".".join(parts[: i + 1]), f"is not a section; cannot set {key!r}")
-        cls = tp
-    raise AssertionError("unreachable")  # pragma: no cover - the loop returns on the last part
 
 
 def _apply_override(data: dict[str, Any], key: str, raw: str) -> None:
@@ -319,8 +193,8 @@ def _apply_override(data: dict[str, Any], key: str, raw: str) -> None:
             data["recipe_overrides"] = {}
         data["recipe_overrides"][".".join(parts[1:])] = yaml.safe_load(raw) if raw else raw
         return
-    tp = _field_type(key)
-    # keep the string; _coerce parses it by the declared type (lists from "1,2,3" or YAML)
+    tp = field_type(RunConfig, key)
+    # keep the string; the codec parses it by the declared type (lists from "1,2,3" or YAML)
     value: Any = raw
     if typing.get_origin(tp) is list or tp is dict or typing.get_origin(tp) is dict:
         loaded = yaml.safe_load(raw) if raw else None
@@ -330,19 +204,16 @@ def _apply_override(data: dict[str, Any], key: str, raw: str) -> None:
 
 
 def config_search_dirs() -> list[Path]:
-    """Where bare config names (``demo``) are looked up: ./configs, then the repository's configs/."""
-    here = Path(__file__).resolve()
-    dirs = [Path.cwd() / "configs", here.parents[3] / "configs", here.parents[1] / "configs"]
-    seen, out = set(), []
-    for d in dirs:
-        if d not in seen:
-            seen.add(d)
-            out.append(d)
-    return out
+    """Where bare config names (``demo``) are looked up: ./configs of the current directory (a user's
+    own), then the configs shipped inside the package as package data (``fasterdit/configs/*.yaml``,
+    present after any install, editable or not)."""
+    shipped = Path(__file__).resolve().parents[1] / "configs"
+    return list(dict.fromkeys([Path.cwd() / "configs", shipped]))
 
 
 def resolve_config_path(spec: str | Path) -> Path:
-    """A config file path, or a bare name such as ``demo`` / ``mnist`` from configs/."""
+    """A config file path, or a bare name such as ``demo`` / ``mnist``: ./configs/<name>.yaml if the
+    current directory has it, else the shipped ``fasterdit/configs/<name>.yaml``."""
     path = Path(spec)
     if path.is_file():
         return path
@@ -352,7 +223,7 @@ def resolve_config_path(spec: str | Path) -> Path:
             if cand.is_file():
                 return cand
     known = sorted({p.stem for d in config_search_dirs() if d.is_dir() for p in d.glob("*.yaml")})
-    hint = f" (shipped configs: {', '.join(known)})" if known else ""
+    hint = f" (config names, given bare as --config demo: {', '.join(known)})" if known else ""
     raise ConfigError("--config", f"no such config file: {spec}{hint}")
 
 
@@ -461,6 +332,8 @@ def _validate(cfg: RunConfig) -> None:
     _check(s.steps >= 1, "sample.steps", f"must be >= 1, got {s.steps}")
     _check(s.cfg_scale >= 0, "sample.cfg_scale", f"must be >= 0, got {s.cfg_scale}")
     _check(s.per_class >= 1, "sample.per_class", f"must be >= 1, got {s.per_class}")
+    _check(s.seed >= 0, "sample.seed", f"must be >= 0, got {s.seed}")
+    _check(e.seed is None or e.seed >= 0, "eval.seed", f"must be >= 0, got {e.seed}")
     _check(
         s.classes is None or all(c >= 0 for c in s.classes),
         "sample.classes",

@@ -7,14 +7,13 @@ run directory, and ``--dry-run``, ``load_model`` and the trainer all need the sa
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from fasterdit.data.source import open_source
 from fasterdit.data.stats import DataStats
-from fasterdit.diffusion.recipe import PRESETS, Recipe, get_preset
+from fasterdit.diffusion.recipe import Recipe, load_recipe
 from fasterdit.errors import ConfigError, UserError
 from fasterdit.models import create_model
 from fasterdit.run.config import RunConfig, check_world
@@ -23,36 +22,11 @@ from fasterdit.train import preflight
 __all__ = [
     "ShapeOnly",
     "build_model",
-    "build_recipe",
     "check_config",
     "check_expected_shape",
     "model_kwargs",
     "resolve_recipe_on_data",
 ]
-
-
-def build_recipe(cfg: RunConfig) -> Recipe:
-    """The run's Recipe: a preset name or a recipe YAML file, then ``recipe_overrides`` applied."""
-    spec = cfg.recipe.strip()
-    path = Path(spec).expanduser()
-    try:
-        if spec in PRESETS:
-            recipe = get_preset(spec)
-        elif path.suffix in (".yaml", ".yml") or path.is_file():
-            if not path.is_file():
-                raise ConfigError("recipe", f"recipe file not found: {spec}")
-            recipe = Recipe.from_yaml(path)
-        else:
-            raise ConfigError(
-                "recipe", f"unknown preset {spec!r}; choose one of {', '.join(PRESETS)} or a YAML file"
-            )
-        if cfg.recipe_overrides:
-            recipe = recipe.updated(cfg.recipe_overrides)
-    except ConfigError as err:
-        if err.field.startswith("recipe"):
-            raise
-        raise ConfigError(f"recipe.{err.field}", str(err).split(": ", 1)[-1]) from None
-    return recipe
 
 
 def resolve_recipe_on_data(recipe: Recipe, source) -> Recipe:
@@ -140,16 +114,24 @@ class ShapeOnly:
         return 0
 
 
-def check_config(cfg: RunConfig, world_size: int = 1):
+def check_config(cfg: RunConfig, world_size: int = 1, *, shape_if_missing: bool = False):
     """Every check that needs no training: ranges, recipe, data, model. Returns (recipe, source).
 
     Raises ConfigError/DataError naming the field. Loads the data source (cheap: embedded sets are
     small; prepared sets are memory-mapped), and builds the model on the meta device.
+    ``shape_if_missing``: data that does not exist yet is checked as :class:`ShapeOnly` (the config's
+    ``data.resolution``/``channels``/``num_classes``), so that ``--dry-run`` checks all the rest before
+    the data is prepared; the source returned is then that ShapeOnly.
     """
     cfg.validate()
     check_world(cfg, world_size)
-    recipe = build_recipe(cfg)
-    source = open_source(cfg.data.source, cfg.data.split, "cpu")
+    recipe = load_recipe(cfg.recipe, cfg.recipe_overrides)
+    try:
+        source = open_source(cfg.data.source, cfg.data.split, "cpu")
+    except ConfigError as err:
+        if not (shape_if_missing and err.field == "data.source"):
+            raise
+        source = ShapeOnly(cfg)
     check_expected_shape(cfg, source)
     classes = cfg.sample.classes
     if classes and max(classes) >= max(source.num_classes, 1):

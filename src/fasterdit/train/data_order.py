@@ -36,10 +36,12 @@ def derive_seed(seed: int, *parts: int) -> int:
     return h & ((1 << 63) - 1)
 
 
-DATA_TAG = 1  # derive_seed purpose tags
+#: derive_seed purpose tags of training's own draws (3 was the grids' noise, which now comes from
+#: fasterdit.generate.seeds like every sample's; numbers are never reused)
+DATA_TAG = 1
 STEP_TAG = 2
-SAMPLE_TAG = 3
 LATENT_TAG = 4
+INIT_TAG = 5  # the model's initialisation
 
 
 @dataclass

@@ -20,14 +20,11 @@ from fasterdit.errors import ConfigError
 from fasterdit.models.dit import DiT
 from fasterdit.run.config import OptimConfig, TrainConfig
 from fasterdit.train.build import build_model
-from fasterdit.train.data_order import IndexStream, derive_seed
+from fasterdit.train.data_order import INIT_TAG, IndexStream, derive_seed
 from fasterdit.train.ema import EMA
 from fasterdit.train.state import RunContext
 
-__all__ = ["INIT_TAG", "LossTerms", "TrainParts", "build_parts"]
-
-#: derive_seed purpose tag of the model's initialisation
-INIT_TAG = 5
+__all__ = ["LossTerms", "TrainParts", "build_parts"]
 
 #: one micro-batch's loss terms at given draws: (x, y, t, noise, drop mask) -> {"loss": ..., terms}
 LossTerms = Callable[..., dict[str, torch.Tensor]]

@@ -34,7 +34,7 @@ from fasterdit.runtime.files import atomic_write_text
 from fasterdit.train.build import check_config, model_kwargs
 from fasterdit.train.logging import Console, MetricsLogger, Progress
 from fasterdit.train.monitor import Monitor
-from fasterdit.train.outputs import EVAL_TAG, Outputs
+from fasterdit.train.outputs import Outputs
 from fasterdit.train.parts import TrainParts, build_parts
 from fasterdit.train.preflight import check_memory
 from fasterdit.train.result import TrainingAborted, TrainingInterrupted, TrainResult
@@ -44,7 +44,7 @@ from fasterdit.train.signals import StopRequest, unless_stopped
 from fasterdit.train.state import RunContext, TrainState
 from fasterdit.train.step import Draws, LossHook, lr_at, train_step
 
-__all__ = ["EVAL_TAG", "Draws", "TrainResult", "Trainer", "TrainingAborted", "TrainingInterrupted", "train"]
+__all__ = ["Draws", "TrainResult", "Trainer", "TrainingAborted", "TrainingInterrupted", "train"]
 
 
 class Trainer:

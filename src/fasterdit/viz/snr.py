@@ -7,16 +7,17 @@ the figure is presentation, beside the library's other pictures (:mod:`fasterdit
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
 from fasterdit.data.stats import DataStats, RunningStats
 from fasterdit.diffusion.snr import (
+    DataStd,
     LogSNRDistribution,
+    RecipeLike,
     check_window,
     default_window,
     is_schedule_pair,
@@ -33,18 +34,24 @@ _OTHER_COLOURS = ("#009E73", "#CC79A7", "#56B4E9", "#000000", "#F0E442")
 _LINESTYLES = ("-", "--", ":", "-.", (0, (5, 1, 1, 1, 1, 1)), (0, (1, 3)))
 
 
-def _as_distributions(curves_or_recipes: Any, data_stds: Any, per_channel: bool) -> list[LogSNRDistribution]:
+#: what the figure draws: laws already made, or recipes to evaluate at every data std
+Curves = LogSNRDistribution | RecipeLike | Iterable[LogSNRDistribution | RecipeLike]
+
+
+def _as_distributions(
+    curves_or_recipes: Curves, data_stds: DataStd | Sequence[DataStd] | None, per_channel: bool
+) -> list[LogSNRDistribution]:
     if (
         isinstance(curves_or_recipes, LogSNRDistribution)
         or not isinstance(curves_or_recipes, Iterable)
         or isinstance(curves_or_recipes, (str, Path, Mapping))
         or is_schedule_pair(curves_or_recipes)
     ):
-        items: list[Any] = [curves_or_recipes]
+        items: list[LogSNRDistribution | RecipeLike] = [curves_or_recipes]
     else:
         items = list(curves_or_recipes)
     if data_stds is None:
-        stds: list[Any] = [1.0]
+        stds: list[DataStd] = [1.0]
     elif isinstance(data_stds, (int, float, DataStats, RunningStats, torch.Tensor, np.ndarray)):
         stds = [data_stds]  # one dataset; a tensor/array holds its channel stds
     else:
@@ -64,8 +71,8 @@ def _fmt_std(v: float) -> str:
 
 
 def save_snr_plot(
-    curves_or_recipes: Any,
-    data_stds: Any = None,
+    curves_or_recipes: Curves,
+    data_stds: DataStd | Sequence[DataStd] | None = None,
     path: str | os.PathLike = "snr.png",
     window: tuple[float, float] | None = None,
     title: str | None = None,
@@ -89,6 +96,7 @@ def save_snr_plot(
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
 
     f = unit_factor(units)
     dists = _as_distributions(curves_or_recipes, data_stds, per_channel)
@@ -148,7 +156,7 @@ def save_snr_plot(
                 color=colour[d.label],
             )
 
-    handles: list[Any] = []
+    handles: list[Line2D | Patch] = []
     for lab in labels:
         mine = [d for d in dists if d.label == lab]
         notes = [mine[0].scaling_note] if mine[0].scaling_note else []
@@ -163,7 +171,7 @@ def save_snr_plot(
             handles.append(Line2D([], [], color="0.25", lw=1.4, ls=style[s], label=f"data std {_fmt_std(s)}"))
     if win is not None:
         handles.append(
-            matplotlib.patches.Patch(
+            Patch(
                 facecolor="0.90",
                 edgecolor="0.6",
                 lw=0.6,
