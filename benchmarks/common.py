@@ -239,58 +239,20 @@ def sample_and_evaluate(
 ) -> dict[str, Any]:
     """FID / class accuracy of a model, with sampler options (e.g. dopri5's ``rtol``/``atol``).
 
-    Follows ``fasterdit.eval.evaluate``'s protocol exactly (class-balanced labels ``arange(N) % K``, noise
-    from ``torch.Generator().manual_seed(seed)``, metrics by ``evaluate_samples`` against the held-out
-    reference) but forwards ``sampler_kwargs`` to ``sample``, which ``evaluate`` does not. Without
-    sampler options it simply calls ``evaluate``.
+    The protocol of ``fasterdit eval`` and of the trainer's ``eval.every``: sample i's noise from (seed, i),
+    class-balanced labels ``i mod K``, 8-bit images scored by ``evaluate_samples`` against the held-out
+    reference (``fasterdit.eval.evaluate``).
     """
-    from fasterdit.eval import evaluate, evaluate_samples
+    from fasterdit.eval import evaluate
+    from fasterdit.generate.job import SampleSettings
 
-    if not sampler_kwargs:
-        return evaluate(
-            model,
-            recipe,
-            dataset=dataset,
-            num_samples=num_samples,
-            sampler=sampler,
-            steps=steps,
-            cfg_scale=1.0,
-            seed=seed,
-            batch_size=batch_size,
-        )
-    from fasterdit.diffusion.sampling import sample
-
-    shape = (model.in_channels, *model.input_size)
-    k = int(getattr(model, "num_classes", 0) or 0)
-    labels = torch.arange(num_samples) % k if k else None
-    noise = torch.randn((num_samples, *shape), generator=torch.Generator().manual_seed(seed))
-    t0 = time.time()
-    chunks, nfes = [], []
-    for start in range(0, num_samples, batch_size):
-        y = None if labels is None else labels[start : start + batch_size]
-        g = torch.Generator().manual_seed(seed * 1_000_003 + start)
-        res = sample(
-            model,
-            recipe,
-            noise[start : start + batch_size],
-            y=y,
-            sampler=sampler,
-            steps=steps,
-            cfg_scale=1.0,
-            generator=g,
-            **sampler_kwargs,
-        )
-        chunks.append(res.x.detach().float())
-        nfes.append(int(res.nfe))
-    out = evaluate_samples(torch.cat(chunks), labels, dataset)
-    out.update(
-        nfe=sum(nfes) / len(nfes),
-        sampler=sampler,
-        steps=steps,
-        seed=seed,
-        sample_seconds=round(time.time() - t0, 3),
-    )
-    return out
+    settings = SampleSettings(
+        num_samples, seed, sampler, steps or recipe.sampler.steps, 1.0, sampler_kwargs=dict(sampler_kwargs),
+        label_mode="balanced",
+    )  # fmt: skip
+    res = evaluate(model, recipe, settings, dataset=dataset, batch_size=batch_size)
+    assert res is not None  # one process: rank 0
+    return res
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -45,7 +45,7 @@ def test_steps_to_reach_interpolates_linearly(bench):
 
 
 def test_speedup_definition(bench):
-    conv = bench("convergence")
+    conv = bench("convergence_curves")
     # baseline reaches its final FID 10 at step 1000; the fast curve reaches 10 at step 250 -> 4x
     base = ([250, 500, 750, 1000], [40.0, 20.0, 15.0, 10.0])
     fast = ([250, 500, 750, 1000], [10.0, 6.0, 5.0, 4.0])

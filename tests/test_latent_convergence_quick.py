@@ -25,15 +25,33 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 @pytest.fixture(scope="module")
-def lc():
+def bench():
     sys.path.insert(0, str(BENCH))
     try:
-        yield importlib.import_module("latent_convergence")
+        yield importlib.import_module
     finally:
         sys.path.remove(str(BENCH))
 
 
-def test_latent_convergence_quick(lc, tmp_path):
+@pytest.fixture(scope="module")
+def lc(bench):
+    """The command line (``latent_convergence.py``)."""
+    return bench("latent_convergence")
+
+
+@pytest.fixture(scope="module")
+def plan(bench):
+    """The budgets, seeds and variants of every part (``latent_convergence_plan.py``)."""
+    return bench("latent_convergence_plan")
+
+
+@pytest.fixture(scope="module")
+def readings(bench):
+    """The pure readings the report draws its verdicts from (``latent_convergence_analysis.py``)."""
+    return bench("latent_convergence_analysis")
+
+
+def test_latent_convergence_quick(lc, plan, tmp_path):
     work, res, out = tmp_path / "work", tmp_path / "results", tmp_path / "report"
     argv = ["--quick", "--work", str(work), "--results", str(res), "--out", str(out)]
     assert lc.main(argv) == 0
@@ -52,15 +70,15 @@ def test_latent_convergence_quick(lc, tmp_path):
         ],
     )
     assert "Not run yet" not in text
-    files = {p: sorted(f.stem for f in (res / p).glob("*.json")) for p in lc.PARTS}
-    assert files["lr"] == [f"{v}-lr{x:g}-s0" for v in lc.QUICK_LR_VARIANTS for x in lc.QUICK_LRS]
-    assert files["headline"] == sorted(f"{v}-s{s}" for v in lc.HEADLINE for s in (0, 1))
-    assert files["long"] == sorted(f"{v}-s0" for v in lc.HEADLINE)
-    assert files["ablations"] == sorted(f"{v}-s0" for v in lc.QUICK_ABLATIONS)
+    files = {p: sorted(f.stem for f in (res / p).glob("*.json")) for p in plan.PARTS}
+    assert files["lr"] == [f"{v}-lr{x:g}-s0" for v in plan.QUICK_LR_VARIANTS for x in plan.QUICK_LRS]
+    assert files["headline"] == sorted(f"{v}-s{s}" for v in plan.HEADLINE for s in (0, 1))
+    assert files["long"] == sorted(f"{v}-s0" for v in plan.HEADLINE)
+    assert files["ablations"] == sorted(f"{v}-s0" for v in plan.QUICK_ABLATIONS)
     assert files["std"] == sorted(
-        f"{law}-x{k:g}-s0" for law in lc.QUICK_STD_LAWS for k in lc.QUICK_STD_SCALES
+        f"{law}-x{k:g}-s0" for law in plan.QUICK_STD_LAWS for k in plan.QUICK_STD_SCALES
     )
-    sizes = lc.QUICK_SIZES["headline"]
+    sizes = plan.QUICK_SIZES["headline"]
     for name in files["headline"]:
         m = json.loads((res / "headline" / f"{name}.json").read_text())
         assert m["status"] == "ok" and m["quick"] and m["machine"]["cpu"] and "--quick" in m["command"]
@@ -71,14 +89,14 @@ def test_latent_convergence_quick(lc, tmp_path):
         assert [c["step"] for c in m["converged"]] == want
         assert {c["sampler"] for c in m["converged"]} == {"ddpm" if m["variant"] == "dit" else "dopri5"}
         # the lr comes from the sweep where it ran (dit, fasterdit), from the documented default otherwise
-        swept = m["variant"] in lc.QUICK_LR_VARIANTS
+        swept = m["variant"] in plan.QUICK_LR_VARIANTS
         assert m["lr_source"].startswith("lr sweep" if swept else "default")
         # only the final checkpoint is left in the scratch run dir
         assert len(list((work / "runs" / "headline" / name / "checkpoints").glob("step-*"))) == 1
     floors = json.loads((res / "floors.json").read_text())[f"mnist-ae/N={sizes.num_samples}"]
     assert floors["posterior_sample"]["fid"] > 0 and floors["fid_real_at_n"] > 0
     rec = json.loads((res / "snr_recommend.json").read_text())
-    assert all(rec[law][m]["k"] > 0 for law in lc.STD_LAWS for m in ("median", "mass"))
+    assert all(rec[law][m]["k"] > 0 for law in plan.STD_LAWS for m in ("median", "mass"))
     data = json.loads((out / "latent_convergence.json").read_text())
     assert {"headline", "long", "lr", "ablations", "std"} <= set(data["analysis"])
     # the long part: one seed, so its flatness is judged by the relative slope; fasterdit's converged-NFE
@@ -105,37 +123,37 @@ def test_report_without_runs_says_not_run_yet(lc, tmp_path):
     assert text.count("Not run yet") == 5 and "No run has finished yet" in text
 
 
-def test_readings(lc):
+def test_readings(plan, readings):
     # the converged-NFE checkpoints fall on kept checkpoint steps: 1/7, 3/7, 1 of 2100 with one every 300
-    assert lc.SIZES["headline"].converged_steps("fasterdit") == [300, 900, 2100]
-    assert lc.SIZES["headline"].converged_steps("dit") == [2100]
-    assert lc.SIZES["ablations"].converged_steps("fasterdit-uniform") == [2100]
-    assert lc.value_at([300, 600], [10.0, 4.0], 450) == pytest.approx(7.0)
-    assert lc.value_at([300, 600], [10.0, 4.0], 2100 / 7) == pytest.approx(10.0)
-    assert lc.value_at([300, 600], [10.0, 4.0], 100) is None
-    assert lc.slope([0, 1000, 2000, 3000], [9.0, 5.0, 4.0, 3.0]) == pytest.approx(-1.0)
+    assert plan.SIZES["headline"].converged_steps("fasterdit") == [300, 900, 2100]
+    assert plan.SIZES["headline"].converged_steps("dit") == [2100]
+    assert plan.SIZES["ablations"].converged_steps("fasterdit-uniform") == [2100]
+    assert readings.value_at([300, 600], [10.0, 4.0], 450) == pytest.approx(7.0)
+    assert readings.value_at([300, 600], [10.0, 4.0], 2100 / 7) == pytest.approx(10.0)
+    assert readings.value_at([300, 600], [10.0, 4.0], 100) is None
+    assert readings.slope([0, 1000, 2000, 3000], [9.0, 5.0, 4.0, 3.0]) == pytest.approx(-1.0)
 
     def run(variant, seed, fids, steps=(300, 600, 900)):
         evals = [{"step": s, "fid": f} for s, f in zip(steps, fids)]
-        return lc.as_run({"variant": variant, "seed": seed, "evals": evals})
+        return readings.as_run({"variant": variant, "seed": seed, "evals": evals})
 
     # dit's final FIDs spread 0.4 over seeds; its last two intervals drop 0.35 on average: flat
-    flat = lc.flatness({"dit": [run("dit", 0, [2.3, 2.1, 2.0]), run("dit", 1, [2.8, 2.6, 2.4])]})
+    flat = readings.flatness({"dit": [run("dit", 0, [2.3, 2.1, 2.0]), run("dit", 1, [2.8, 2.6, 2.4])]})
     assert flat["flat"] and flat["final_spread"] == pytest.approx(0.4)
-    steep = lc.flatness({"dit": [run("dit", 0, [9.0, 5.0, 2.0]), run("dit", 1, [9.0, 5.0, 2.2])]})
+    steep = readings.flatness({"dit": [run("dit", 0, [9.0, 5.0, 2.0]), run("dit", 1, [9.0, 5.0, 2.2])]})
     assert not steep["flat"]
     # the speed-up at each of dit's evaluations: fasterdit's crossing by linear interpolation
-    prof = lc.speedup_profile(
+    prof = readings.speedup_profile(
         {"dit": [run("dit", 0, [10.0, 6.0, 4.0])], "fasterdit": [run("fasterdit", 0, [8.0, 4.0, 2.0])]}, "dit"
     )
     assert [d["fast_steps"] for d in prof] == pytest.approx([300, 450, 600])
     assert [d["speedup"] for d in prof] == pytest.approx([1.0, 600 / 450, 1.5])
     assert [d["lower_bound"] for d in prof] == [True, False, False]
     # one seed: flat when the last 3 evaluations fall by < FLAT_REL_SLOPE of the final FID per 1k steps
-    slow = [10.0, 10.0 - 0.3 * lc.FLAT_REL_SLOPE * 10.0, 10.0 - 0.6 * lc.FLAT_REL_SLOPE * 10.0]
-    one = lc.flatness({"dit": [run("dit", 0, slow, steps=(1000, 2000, 3000))]})
+    slow = [10.0, 10.0 - 0.3 * plan.FLAT_REL_SLOPE * 10.0, 10.0 - 0.6 * plan.FLAT_REL_SLOPE * 10.0]
+    one = readings.flatness({"dit": [run("dit", 0, slow, steps=(1000, 2000, 3000))]})
     assert one["rule"] == "relative slope" and one["flat"]
-    fast = lc.flatness({"dit": [run("dit", 0, [10.0, 9.0, 8.0], steps=(1000, 2000, 3000))]})
+    fast = readings.flatness({"dit": [run("dit", 0, [10.0, 9.0, 8.0], steps=(1000, 2000, 3000))]})
     assert fast["rule"] == "relative slope" and not fast["flat"]
     # ablation verdicts: an effect only outside fasterdit's seed range
     head = {
@@ -146,7 +164,7 @@ def test_readings(lc):
         "fasterdit-uniform": [run("fasterdit-uniform", 0, [8.0, 6.0, 5.0])],  # never reaches dit's 4.0
         "fasterdit-no-dir": [run("fasterdit-no-dir", 0, [4.2, 3.2, 2.2])],
     }
-    ar = lc.ablation_reading(head, abl, {}, {})
+    ar = readings.ablation_reading(head, abl, {}, {})
     assert ar["ablations"]["fasterdit-uniform"]["verdict"]["final_fid"].startswith("worse")
     assert ar["ablations"]["fasterdit-uniform"]["verdict"]["steps_to_dit"].startswith("worse")
     assert ar["ablations"]["fasterdit-no-dir"]["verdict"]["final_fid"].startswith("within")
@@ -156,7 +174,7 @@ def test_readings(lc):
         for k, f in ((0.5, 3.0), (1.0, 2.0), (2.0, 1.0), (4.0, 1.5))
     ]
     recs = {"lognorm": {m: {"k": 1.1, "median_before_nats": 0.0} for m in ("median", "mass")}}
-    sr = lc.std_reading(ms, recs)["lognorm"]
+    sr = readings.std_reading(ms, recs)["lognorm"]
     assert sr["best_two"] == [2.0, 4.0] and not sr["recommend"]["median"]["within_best_two"]
     assert 2.0 < sr["best_refined"] < 4.0  # the parabola's vertex in log2 k lies between ×2 and ×4
     assert sr["recommend"]["median"]["median_for_best_nats"] == pytest.approx(
