@@ -311,9 +311,12 @@ def settings_of(job: Job) -> dict[str, Any]:
         "cfg_scale": 1.0,
         "equal_nfe": {"sampler": nat, "steps": s.nfe},
         "converged": {**job.converged, "at_steps": job.converged_steps} if job.converged_steps else None,
-        "data": "mnist-ae latents: fasterdit prepare --images mnist --vae mnist-ae "
-        f"--resolution {RESOLUTION} --small pad",
-        **{k: v for k, v in job.extra.items() if k in ("law", "k")},
+        "data": job.extra.get(
+            "data",
+            f"mnist-ae latents: fasterdit prepare --images mnist --vae mnist-ae --resolution {RESOLUTION} "
+            "--small pad",
+        ),
+        **{k: v for k, v in job.extra.items() if k in ("law", "k", "time_shift")},
     }
 
 

@@ -152,7 +152,7 @@ def run_job(args: argparse.Namespace, job: Job, latents: dict[str, Any]) -> dict
         recipe=job.preset,
         recipe_overrides=job.overrides,
         model=s.model,
-        dataset=args.latents,
+        dataset=job.extra.get("source", args.latents),  # snr_validation trains on other data too
         steps=s.steps,
         batch_size=s.batch_size,
         lr=job.lr,

@@ -117,3 +117,46 @@ def test_snr_reads_the_latent_shards(latents, capsys):
     assert abs(curves["fasterdit"]["effective_std"] - 1.0) < 1e-9
     assert abs(curves["dit"]["effective_std"] - m["std"]) < 1e-9
     assert curves["dit"]["recommendation"]["k"] > 1.0  # dit's density sits on the noisy side
+
+
+# --- the silent-failure guard on (d), latents multiplied by 5 ------------------------------------------
+
+X5 = ["recipe=sit", "recipe.scaling.mode=scalar", "recipe.scaling.multiplier=5", "log.sample_every=0"]
+
+
+def _train_x5(latents, run, extra: list[str]) -> None:
+    args = ["train", "--config", "demo", "--run-dir", str(run), "--no-progress"]
+    for s in [*TRAIN, f"data.source={latents}", *X5, *extra]:
+        args += ["--set", s]
+    assert main(args) == 0
+
+
+def test_train_warns_once_on_latents_multiplied_by_five_and_records_the_pdf(latents, tmp_path, capsys):
+    _train_x5(latents, tmp_path / "x5", [])
+    err = capsys.readouterr().err
+    warnings = [line for line in err.splitlines() if line.startswith("warning: sit sees data of std")]
+    assert len(warnings) == 1, err
+    m = json.loads((latents / "manifest.json").read_text())
+    shift = 2 * np.log(5 * m["std"])  # the law moves by 2·ln(effective std), effective std = 5 × measured
+    assert f"{shift:+.2f} nats" in warnings[0] and f"measured {m['std']:.4g}" in warnings[0]
+    assert f"--set recipe.scaling.multiplier={1 / m['std']:.4g}" in warnings[0]  # 5 × 1/(5·std)
+    record = json.loads((tmp_path / "x5" / "snr.json").read_text())["placement"]
+    assert record["far"] and record["shift_nats"] == pytest.approx(shift, rel=1e-6)
+
+
+def test_the_warning_can_be_silenced_and_the_scaled_latents_do_not_warn(latents, tmp_path, capsys):
+    _train_x5(latents, tmp_path / "quiet", ["train.snr_warning=false"])
+    assert "warning: sit sees data" not in capsys.readouterr().err
+    _train_x5(latents, tmp_path / "x1", ["recipe.scaling.multiplier=1"])
+    assert "warning: sit sees data" not in capsys.readouterr().err
+
+
+def test_snr_warns_on_latents_multiplied_by_five(latents, tmp_path, capsys):
+    from fasterdit.diffusion.recipe import get_preset
+
+    yml = tmp_path / "sit-x5.yaml"
+    get_preset("sit").updated({"scaling.mode": "scalar", "scaling.multiplier": 5.0}).to_yaml(yml)
+    assert main(["snr", "--recipe", str(yml), "--data", str(latents), "--mc", "0", "--json"]) == 0
+    captured = capsys.readouterr()
+    json.loads(captured.out)  # the warning goes to stderr: --json stays parseable
+    assert captured.err.count("which moves its log-SNR law by +3.") == 1

@@ -147,8 +147,12 @@ def add_sampling_arguments(p: argparse.ArgumentParser, *, purpose: Purpose) -> N
     p.add_argument("--mfu", type=float, default=0.4, help="--dry-run: assumed share of the GPU's peak (0.4)")
 
 
-def check_args(args: argparse.Namespace, minimum: int) -> None:
-    """Every sampling flag in range, before a model is loaded (sampling takes minutes to hours)."""
+def check_args(args: argparse.Namespace, minimum: int, *, png: bool = False) -> None:
+    """Every sampling flag in range, before a model is loaded (sampling takes minutes to hours); ``png``:
+    the samples are drawn in memory for one grid (a smaller bound on their number)."""
+    from fasterdit.generate.checks import check_bounds
+
+    check_bounds(args.steps, args.num, png)
     if args.num is not None and args.num < minimum:
         raise ConfigError("--num-samples", f"must be >= {minimum}, got {args.num}")
     if args.batch_size < 1:

@@ -133,9 +133,9 @@ def _check_args(args: argparse.Namespace) -> Path:
 
 def _sample_checkpoint(args: argparse.Namespace, dist: DistInfo, out_path: Path) -> dict[str, Any] | None:
     """Sample with every rank; on rank 0 the samples file and what to record about it, else None."""
-    from fasterdit.generate.loading import load_trained
+    from fasterdit.generate.loading import load_on_every_rank
 
-    lm = load_trained(args.ckpt, ema=not args.no_ema, device=dist.device, family=args.family)
+    lm = load_on_every_rank(args.ckpt, dist, ema=not args.no_ema, family=args.family)
     if lm.data.is_latent and lm.data.origin is None and not args.reference_npz:
         raise UserError(
             "a latent-space model of images that are not an embedded dataset: the offline metrics need "
@@ -191,9 +191,9 @@ def _metrics(
     from fasterdit.eval.evaluate import evaluate_samples
     from fasterdit.eval.standard import load_samples_npz, standard_metrics
 
-    images, labels = load_samples_npz(samples)
+    images, labels = load_samples_npz(samples, labels=not args.no_labels)
     x = torch.from_numpy(images)
-    y = None if labels is None or args.no_labels else torch.from_numpy(labels)
+    y = None if labels is None else torch.from_numpy(labels)
     result: dict[str, Any] = {}
     embedded = dataset in INFO
     if embedded:

@@ -75,14 +75,14 @@ def run(args: argparse.Namespace) -> int:
     from fasterdit.generate.checks import prepare_output
     from fasterdit.generate.decode import decoder_for
     from fasterdit.generate.grid import write_grid
-    from fasterdit.generate.loading import load_trained
+    from fasterdit.generate.loading import load_on_every_rank
     from fasterdit.runtime.distributed import cleanup, init_distributed
 
     out = Path(args.out)
     png = out.suffix.lower() == ".png"
     if out.suffix.lower() not in (".png", ".npz"):
         raise ConfigError("--out", f"must end in .png or .npz, got {out.name!r}")
-    check_args(args, 1)
+    check_args(args, 1, png=png)
     if args.nrow is not None and args.nrow < 1:
         raise ConfigError("--nrow", f"must be >= 1 (leave it out for one row per label), got {args.nrow}")
     if not args.dry_run:
@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         if png and dist.distributed:
             raise ConfigError("--out", "a PNG grid is sampled by one process; run it without torchrun")
-        lm = load_trained(args.ckpt, ema=not args.no_ema, device=dist.device, family=args.family)
+        lm = load_on_every_rank(args.ckpt, dist, ema=not args.no_ema, family=args.family)
         resolved = resolve(args, lm, "sample")
         mode, labels = _label_mode(args, lm, png)
         settings = build_settings(args, lm, resolved, label_mode=mode, labels=labels)

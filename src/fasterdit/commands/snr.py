@@ -25,6 +25,8 @@ if TYPE_CHECKING:  # the names only: run() imports the modules, so that --help d
     from fasterdit.diffusion.snr import DataStd
 
 HELP = "Plot and summarise the extended log-SNR density a recipe puts on your data (FasterDiT's PDF view)."
+#: the most Monte-Carlo draws per curve: they are held in memory (10^7 float64 are 80 MB)
+MAX_MC = 10_000_000
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -143,8 +145,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.data is not None and args.data_std is not None:
         raise ConfigError("--data", "give either --data (measure the std) or --data-std (state it), not both")
-    if args.mc < 0:
-        raise ConfigError("--mc", f"must be >= 0, got {args.mc}")
+    if not 0 <= args.mc <= MAX_MC:
+        raise ConfigError("--mc", f"must be in [0, {MAX_MC}] draws, got {args.mc}")
     f = snr.NATS_TO_DB if args.units == "dB" else 1.0
     u = args.units
     window_user = _parse_window(args.window)
@@ -168,6 +170,9 @@ def run(args: argparse.Namespace) -> int:
         for s in stds:
             label = snr.recipe_label(recipe, spec)  # an unnamed YAML recipe: its file name
             dists.extend(snr.snr_distributions(recipe, s, per_channel=args.per_channel, label=label))
+            where = snr.placement(recipe, s)
+            if where.far:  # the silent failure: unscaled latents, or scaled twice (stderr: --json stays JSON)
+                print(where.warning(), file=sys.stderr)
 
     curves = []
     for d in dists:
@@ -265,7 +270,7 @@ def _print_table(result: dict[str, Any], u: str) -> None:
         )
     recs = [c for c in result["curves"] if "recommendation" in c]
     if recs:
-        print("recommended scale k (multiply the data the model sees by k; λ shifts by 2·ln k):")
+        print("recommended scale k (multiply the data the model sees by k; λ shifts by 2·ln k), or shift:")
         for c in recs:
             r = c["recommendation"]
             line = (
@@ -278,5 +283,12 @@ def _print_table(result: dict[str, Any], u: str) -> None:
                     f"; mass in window {r['mass_in_window_before']:.3f} -> {r['mass_in_window_after']:.3f}"
                 )
             print(line + ")")
+            if r["time_shift"] is not None:
+                print(
+                    f"  {'':<12} or, as a timestep shift (same PDF): --set recipe.time_shift="
+                    f"{r['time_shift']:.4g}  (SD3's t' = s·t/(1+(s-1)·t); λ moves by -2·ln s)"
+                )
+            else:
+                print(f"  {'':<12} (no equivalent timestep shift: it is a λ translation only on flow-linear)")
     if result.get("plot"):
         print(f"figure written to {result['plot']}")

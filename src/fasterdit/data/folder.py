@@ -50,6 +50,16 @@ IMAGE_EXTENSIONS = frozenset(
 )
 ON_ERROR = ("skip", "raise")
 SMALL = ("upsample", "skip", "pad")
+#: the largest target side: 4096² RGB is 50 MB per image as uint8 and 200 MB as float32 (``--resolution
+#: 100000`` used to try to upsample every image to 30 GB)
+MAX_RESOLUTION = 4096
+
+
+def check_resolution(resolution: int, name: str = "resolution") -> int:
+    """``resolution`` as an int in [1, MAX_RESOLUTION], or ConfigError(name, ...)."""
+    if not 1 <= int(resolution) <= MAX_RESOLUTION:
+        raise ConfigError(name, f"must be a number of pixels in [1, {MAX_RESOLUTION}], got {resolution}")
+    return int(resolution)
 
 
 def _is_image(name: str) -> bool:
@@ -231,8 +241,7 @@ class ImageFolder(Dataset):
         small: str = "upsample",
         seed: int = 0,
     ):
-        if int(resolution) <= 0:
-            raise ConfigError("resolution", f"must be a positive number of pixels, got {resolution}")
+        check_resolution(resolution)
         if on_error not in ON_ERROR:
             raise ConfigError("on_error", f"must be one of {ON_ERROR}, got {on_error!r}")
         if small not in SMALL:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +23,63 @@ from fasterdit.data.folder import ImageFolder, scan_folder
 from fasterdit.data.stats import RunningStats
 from fasterdit.errors import DataError
 
-__all__ = ["measure_data_std"]
+__all__ = ["measure_data_std", "npz_array", "npz_keys"]
 
 _NPY_KEYS = ("x", "images", "latents", "data", "arr_0")
+#: how a damaged .npz or .npy fails inside NumPy and zipfile (a cut file, a flipped byte, a bad header)
+_READ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error)
+_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # a zip archive's first member, or an empty archive
+_NPY_MAGIC = b"\x93NUMPY"
+
+
+def _head(path: Path, n: int) -> bytes:
+    """The first ``n`` bytes of ``path`` (DataError naming it when it cannot be read)."""
+    if not path.is_file():
+        raise DataError(f"file not found: {path}")
+    try:
+        with open(path, "rb") as f:
+            return f.read(n)
+    except OSError as err:
+        raise DataError(f"{path}: cannot read the file ({err.strerror or err})") from None
+
+
+def npz_keys(path: Path) -> list[str]:
+    """The array names of the ``.npz`` at ``path``, or DataError naming the file and what is wrong.
+
+    Why check the first bytes: NumPy reads any file that is neither a zip archive nor an ``.npy`` as a
+    pickle, so a text file named ``.npz`` used to be reported as "pickled (object) data".
+    """
+    if _head(path, 4) not in _ZIP_MAGIC:
+        raise DataError(
+            f"{path}: not an .npz file (an .npz is a zip archive of .npy arrays; this is not one)"
+        )
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return list(z.files)
+    except _READ_ERRORS as err:
+        raise DataError(f"{path}: the .npz (zip) archive is truncated or damaged ({err})") from None
+
+
+def npz_array(path: Path, key: str) -> np.ndarray:
+    """The array ``key`` of the ``.npz`` at ``path`` (only that member is read), or DataError naming the
+    file and the array."""
+    if key not in npz_keys(path):
+        raise DataError(f"{path}: no array {key!r} (it holds {', '.join(npz_keys(path)) or 'none'})")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return z[key]
+    except _READ_ERRORS as err:
+        raise DataError(f"{path}: array {key!r} is truncated or damaged ({err})") from None
+
+
+def _open_npy(path: Path) -> np.ndarray:
+    """A memory-mapped ``.npy``, or DataError naming the file and what is wrong."""
+    if _head(path, len(_NPY_MAGIC)) != _NPY_MAGIC:
+        raise DataError(f"{path}: not an .npy file (no NumPy header)")
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except _READ_ERRORS as err:
+        raise DataError(f"{path}: the .npy file is truncated or damaged ({err})") from None
 
 
 def _update_images_from_folder(
@@ -60,13 +116,25 @@ def _update_from_array(
             channel_dim = 1 if arr.ndim >= 2 else None
     is_uint8 = arr.dtype == np.uint8
     for a in range(0, arr.shape[0], chunk):
-        block = np.asarray(arr[a : a + chunk], dtype=np.float64)
+        try:
+            block = np.asarray(arr[a : a + chunk], dtype=np.float64)
+        except _READ_ERRORS as err:  # a memory-mapped file cut short, or values that are not numbers
+            raise DataError(f"{name}: items {a}.. cannot be read as numbers ({err})") from None
         if is_uint8:  # 8-bit images: the [-1, 1] range the models are trained on
             block = block / 127.5 - 1.0
+        _check_finite(block, name, a)
         if channel_dim is None:
             stats.update(block, channel_dim=None)
         else:
             stats.update(block, channel_dim=channel_dim)
+
+
+def _check_finite(block: np.ndarray, name: str, offset: int) -> None:
+    """DataError naming the file and the first item with a NaN or an infinity (they would poison the
+    statistics, and the std they give would scale the data of a whole run)."""
+    bad = ~np.isfinite(block.reshape(block.shape[0], -1)).all(axis=1)
+    if bad.any():
+        raise DataError(f"{name}: item {offset + int(np.argmax(bad))} holds NaN or infinite values")
 
 
 def measure_data_std(
@@ -115,21 +183,14 @@ def measure_data_std(
     if path.is_dir():
         _update_images_from_folder(stats, path, resolution, limit)
     elif path.suffix == ".npy":
-        try:
-            arr = np.load(path, mmap_mode="r")
-        except (OSError, ValueError) as err:
-            raise DataError(f"{path}: cannot read the .npy file ({err})") from None
+        arr = _open_npy(path)
         _update_from_array(stats, arr[:limit] if limit else arr, str(path), channel_dim, chunk)
     elif path.suffix == ".npz":
-        try:
-            with np.load(path) as z:
-                keys = list(z.keys())
-                key = next((k for k in _NPY_KEYS if k in keys), keys[0] if len(keys) == 1 else None)
-                if key is None:
-                    raise DataError(f"{path}: which array? it holds {keys}; name one of them {_NPY_KEYS[:4]}")
-                arr = z[key]  # npz members are decompressed one at a time; only this one is read
-        except (OSError, ValueError) as err:
-            raise DataError(f"{path}: cannot read the .npz file ({err})") from None
+        keys = npz_keys(path)
+        key = next((k for k in _NPY_KEYS if k in keys), keys[0] if len(keys) == 1 else None)
+        if key is None:
+            raise DataError(f"{path}: which array? it holds {keys}; name one of them {_NPY_KEYS[:4]}")
+        arr = npz_array(path, key)  # npz members are decompressed one at a time; only this one is read
         _update_from_array(stats, arr[:limit] if limit else arr, f"{path}[{key}]", channel_dim, chunk)
     else:
         raise DataError(

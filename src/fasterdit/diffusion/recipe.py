@@ -35,7 +35,7 @@ import torch
 import yaml
 from torch import Tensor
 
-from fasterdit.codec import from_mapping, to_mapping
+from fasterdit.codec import from_mapping, load_yaml, load_yaml_file, to_mapping
 from fasterdit.diffusion.sampler_options import SAMPLER_NAMES
 from fasterdit.diffusion.scaling import DataScaling
 from fasterdit.diffusion.schedules import SCHEDULES, Schedule, get_schedule
@@ -354,14 +354,8 @@ class Recipe:
             path = Path(source)
             if not path.is_file():
                 raise DataError(f"recipe file not found: {path}")
-            text = path.read_text()
-        else:
-            text = source
-        try:
-            d = yaml.safe_load(text)
-        except yaml.YAMLError as err:
-            raise DataError(f"recipe YAML does not parse: {err}") from err
-        return cls.from_dict(d)
+            return cls.from_dict(load_yaml_file(path, "recipe"))
+        return cls.from_dict(load_yaml(source, "recipe", "the recipe YAML"))
 
 
 def get_preset(name: str) -> Recipe:

@@ -50,6 +50,9 @@ class Network(Protocol):
 FALLBACK_T_MAX = 1.0 - 1e-3
 #: where adaptive solvers stop (then jump to x̂₀) when the velocity is not finite at t = 0.
 FALLBACK_T_MIN = 1e-3
+#: the most sampling steps: the published samplers use at most 1000, and the time grid is built in memory
+#: (``sample.steps=1e9`` used to train, checkpoint, and then be killed for memory here)
+MAX_STEPS = 100_000
 
 
 @dataclass
@@ -149,6 +152,8 @@ def t_vector(t: float, x: Tensor) -> Tensor:
 def check_steps(steps: int, field_name: str = "steps") -> int:
     if isinstance(steps, bool) or int(steps) != steps or steps < 1:
         raise ConfigError(field_name, f"must be a positive integer, got {steps!r}")
+    if steps > MAX_STEPS:
+        raise ConfigError(field_name, f"must be at most {MAX_STEPS}, got {steps}")
     return int(steps)
 
 

@@ -57,7 +57,7 @@ from fasterdit.data.stats import DataStats, RunningStats
 from fasterdit.diffusion.recipe import Recipe, RecipeSpec, load_recipe
 from fasterdit.diffusion.scaling import DataScaling
 from fasterdit.diffusion.schedules import Schedule
-from fasterdit.diffusion.timesteps import TimestepSampler, UniformDiscrete
+from fasterdit.diffusion.timesteps import Shifted, TimestepSampler, UniformDiscrete
 from fasterdit.errors import ConfigError
 
 __all__ = [
@@ -436,10 +436,10 @@ class LogSNRDistribution:
 
 def recipe_label(recipe: Recipe, spec: RecipeSpec) -> str:
     """The recipe's name for legends and tables, or its file's name for an unnamed (``custom``) recipe read
-    from ``spec``, a file."""
-    if recipe.name == "custom" and isinstance(spec, (str, Path)):
-        return Path(spec).stem
-    return recipe.name
+    from ``spec``, a file; with its timestep shift when it has one (the shift moves the law as a data
+    scale does, so two curves that differ only by it must not share a name)."""
+    name = Path(spec).stem if recipe.name == "custom" and isinstance(spec, (str, Path)) else recipe.name
+    return name if recipe.time_shift == 1.0 else f"{name}@shift{recipe.time_shift:g}"
 
 
 def is_schedule_pair(obj: object) -> bool:
@@ -563,6 +563,11 @@ class ScaleRecommendation:
     Multiplying the (scaled) data by k shifts every λ by ``shift_nats = 2·ln k``. In a recipe this
     means: ``scalar`` mode → multiplier × k; ``std``/``channel`` modes → target_std × k; ``none`` →
     switch to ``scalar`` with multiplier k.
+
+    The same law as a timestep shift: on the linear flow path (α = 1 − t, σ = t) SD3's shift
+    t' = s·t/(1 + (s − 1)·t) gives (1 − t')/t' = (1 − t)/(s·t), so λ moves by exactly −2·ln s, for every t:
+    scaling the data by k is the time shift s = 1/k, and a recipe that already shifts by s₀ gets
+    ``time_shift = s₀/k``. On other paths the shift does not translate λ uniformly (``time_shift`` None).
     """
 
     k: float
@@ -578,6 +583,7 @@ class ScaleRecommendation:
     mass_in_window_before: float | None
     mass_in_window_after: float | None
     window: tuple[float, float] | None
+    time_shift: float | None  # the recipe's time_shift with the same PDF as k (linear flow path only)
 
     def to_dict(self, units: str = "nats") -> dict[str, Any]:
         f = unit_factor(units)
@@ -592,6 +598,7 @@ class ScaleRecommendation:
             "effective_std_after": self.effective_std_after,
             f"median_before_{units}": self.median_before * f,
             f"median_after_{units}": self.median_after * f,
+            "time_shift": self.time_shift,
         }
         if self.window is not None:
             out[f"window_{units}"] = [self.window[0] * f, self.window[1] * f]
@@ -706,4 +713,95 @@ def recommend_scale(
         mass_in_window_before=dist.mass_between(*window) if window else None,
         mass_in_window_after=after.mass_between(*window) if window else None,
         window=window,
+        time_shift=equivalent_time_shift(dist, k),
+    )
+
+
+def equivalent_time_shift(dist: LogSNRDistribution, k: float) -> float | None:
+    """The timestep shift that puts ``dist``'s law where scaling its data by ``k`` would: ``s₀/k`` on the
+    linear flow path (see :class:`ScaleRecommendation`), None on paths where a shift is not a translation."""
+    if dist.schedule.name != "flow-linear":
+        return None
+    current = dist.sampler.shift if isinstance(dist.sampler, Shifted) else 1.0
+    return current / k
+
+
+# ---------------------------------------------------------------------------------- the silent-failure guard
+
+#: how far (nats) a recipe's log-SNR law may move from where it sits on unit-std data before fasterdit
+#: warns: 2 nats is a data std outside [e^-1, e^1] = [0.37, 2.7] after the recipe's scaling. Raw SD-VAE
+#: latents (std ~5.5, +3.4 nats) and latents multiplied twice (x5: +3.2) are past it; the raw mnist-ae
+#: latents (1.65: +1.0) and MNIST pixels in [-1, 1] (0.62: -0.96) are not.
+PLACEMENT_LIMIT_NATS = 2.0
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a recipe's log-SNR law sits on this data, relative to where it sits on unit-std data (the std
+    every preset is designed for: SD-VAE latents x 0.18215, or data standardised by the recipe)."""
+
+    label: str
+    data_std: float  # the measured (raw) pooled std
+    effective_std: float  # after the recipe's scaling
+    shift_nats: float  # 2·ln(effective_std): how far the law moved
+    k: float  # the data multiplier that moves it back (1 / effective_std)
+    fix: str  # the --set flags that apply k
+    time_shift: float | None  # the same as a timestep shift (linear flow path only)
+    median_nats: float
+    mass_in_window: float
+
+    @property
+    def far(self) -> bool:
+        return abs(self.shift_nats) > PLACEMENT_LIMIT_NATS
+
+    def warning(self) -> str:
+        """One line naming the measured std, the shift in nats and the flags that fix it."""
+        shift = f" or --set recipe.time_shift={self.time_shift:.4g}" if self.time_shift is not None else ""
+        return (
+            f"warning: {self.label} sees data of std {self.effective_std:.4g} "
+            f"(measured {self.data_std:.4g}), which moves its log-SNR law by {self.shift_nats:+.2f} nats "
+            "from where it sits on unit-std data "
+            f"(mass in the good window {self.mass_in_window:.2f}); fix: {self.fix}{shift} "
+            "(fasterdit snr --recommend; silence with --set train.snr_warning=false)"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "recipe": self.label,
+            "data_std": self.data_std,
+            "effective_std": self.effective_std,
+            "shift_nats": self.shift_nats,
+            "far": self.far,
+            "k": self.k,
+            "fix": self.fix,
+            "time_shift": self.time_shift,
+            "median_nats": self.median_nats,
+            "mass_in_window": self.mass_in_window,
+            "limit_nats": PLACEMENT_LIMIT_NATS,
+        }
+
+
+def scale_flags(scaling: DataScaling, k: float) -> str:
+    """The ``--set`` flags that multiply the data the model sees by ``k`` under ``scaling``'s mode."""
+    if scaling.mode == "none":
+        return f"--set recipe.scaling.mode=scalar --set recipe.scaling.multiplier={k:.4g}"
+    if scaling.mode == "scalar":
+        return f"--set recipe.scaling.multiplier={scaling.multiplier * k:.4g}"
+    return f"--set recipe.scaling.target_std={scaling.target_std * k:.4g}"
+
+
+def placement(recipe: Recipe, data_std: DataStd) -> Placement:
+    """Where ``recipe``'s law sits on data of ``data_std`` (see :class:`Placement`)."""
+    dist = snr_distribution(recipe, data_std)
+    k = 1.0 / dist.effective_std
+    return Placement(
+        label=dist.label,
+        data_std=dist.data_std,
+        effective_std=dist.effective_std,
+        shift_nats=dist.shift,
+        k=k,
+        fix=scale_flags(recipe.scaling, k),
+        time_shift=equivalent_time_shift(dist, k),
+        median_nats=dist.summary().median,
+        mass_in_window=dist.mass_between(*default_window()),
     )

@@ -51,6 +51,7 @@ import torch
 from torch.nn import functional as F
 from tqdm import tqdm
 
+from fasterdit.data.measure import npz_array, npz_keys
 from fasterdit.errors import DataError, UserError
 from fasterdit.eval.adm import IS_SPLIT_SIZE, adm_metrics
 from fasterdit.eval.frechet import FeatureStats, fit_gaussian, load_stats_keys
@@ -199,29 +200,31 @@ def compute_activations(
 
 
 def _npz_images(path: Path) -> np.ndarray:
-    if not path.is_file():
-        raise DataError(f"file not found: {path}")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            if "arr_0" not in z.files:
-                raise DataError(f"{path}: no 'arr_0' images (found {z.files}); expected an ADM-style .npz")
-            images = z["arr_0"]
-    except (OSError, ValueError) as err:
-        raise DataError(f"cannot read {path}: {err}") from err
+    """``arr_0`` of an ADM-style .npz; a file that is not one (not a zip, truncated) is a DataError."""
+    keys = npz_keys(path)
+    if "arr_0" not in keys:
+        raise DataError(f"{path}: no 'arr_0' images (found {keys}); expected an ADM-style .npz")
+    images = npz_array(path, "arr_0")
     if images.dtype != np.uint8 or images.ndim not in (3, 4):
         raise DataError(f"{path}: 'arr_0' must be uint8 (N, H, W[, C]), got {images.dtype} {images.shape}")
     return images
 
 
-def load_samples_npz(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
-    """Images (``arr_0``, uint8 NHWC) and labels (``arr_1`` if present) of a samples ``.npz``."""
+def load_samples_npz(path: str | Path, labels: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+    """Images (``arr_0``, uint8 NHWC) and labels (``arr_1`` if present and ``labels``) of a samples
+    ``.npz``. Labels that are not one per image are an error naming both counts (they used to be dropped
+    silently, and the class metrics with them)."""
     path = Path(path)
     images = _npz_images(path)
-    with np.load(path, allow_pickle=False) as z:
-        labels = z["arr_1"].astype(np.int64) if "arr_1" in z.files else None
-    if labels is not None and labels.shape != (len(images),):
-        labels = None  # not per-image labels: ignore rather than misattribute
-    return images, labels
+    if not labels or "arr_1" not in npz_keys(path):
+        return images, None
+    y = npz_array(path, "arr_1")
+    if y.shape != (len(images),):
+        raise DataError(
+            f"{path}: 'arr_1' holds {y.size} labels (shape {tuple(y.shape)}) for {len(images)} images in "
+            "'arr_0'; it must hold one label per image (--no-labels ignores it)"
+        )
+    return images, y.astype(np.int64)
 
 
 def write_reference_batch(
@@ -264,7 +267,7 @@ def standard_metrics(
     """
     t0 = time.time()
     if isinstance(samples, (str, Path)):
-        samples = load_samples_npz(samples)[0]
+        samples = load_samples_npz(samples, labels=False)[0]
     reference_npz = Path(reference_npz)
     ref_images = _npz_images(reference_npz)
     sample_acts = compute_activations(

@@ -12,9 +12,15 @@ import os
 import tempfile
 from pathlib import Path
 
+from fasterdit.diffusion.sampling_base import MAX_STEPS
 from fasterdit.errors import ConfigError
+from fasterdit.run.config import MAX_GRID_SAMPLES
 
-__all__ = ["check_sampling_args", "prepare_output"]
+__all__ = ["MAX_JOB_SAMPLES", "check_bounds", "check_sampling_args", "prepare_output"]
+
+#: the most samples of one ``.npz`` job (parts stream to disk, but the labels and the index grid are in
+#: memory; ImageNet's FID-50K is 50,000)
+MAX_JOB_SAMPLES = 100_000_000
 
 
 def check_sampling_args(steps: int | None, cfg: float | None, nrow: int | None = None) -> None:
@@ -25,6 +31,19 @@ def check_sampling_args(steps: int | None, cfg: float | None, nrow: int | None =
         raise ConfigError("--cfg", f"must be a finite number >= 0 (1 = no guidance), got {cfg}")
     if nrow is not None and nrow < 1:
         raise ConfigError("--nrow", f"must be >= 1 (leave it out for one row per label), got {nrow}")
+
+
+def check_bounds(steps: int | None, num: int | None, png: bool) -> None:
+    """``--steps`` and ``--num-samples`` (when given) within what memory holds: the time grid of
+    ``steps``, a PNG grid drawn in memory, a job's index grid. ``--steps 1000000000`` used to be killed
+    for memory after loading the model."""
+    if steps is not None and steps > MAX_STEPS:
+        raise ConfigError("--steps", f"must be at most {MAX_STEPS}, got {steps}")
+    most, what = (
+        (MAX_GRID_SAMPLES, "a PNG grid (use an .npz for more)") if png else (MAX_JOB_SAMPLES, "a job")
+    )
+    if num is not None and num > most:
+        raise ConfigError("--num-samples", f"must be at most {most} for {what}, got {num}")
 
 
 def prepare_output(path: str | Path, flag: str) -> Path:

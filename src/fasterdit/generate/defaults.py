@@ -27,6 +27,7 @@ import yaml
 from fasterdit.diffusion.recipe import Recipe
 from fasterdit.diffusion.sampler_options import SAMPLER_NAMES, SAMPLER_OPTIONS
 from fasterdit.errors import ConfigError
+from fasterdit.generate.checks import check_bounds
 from fasterdit.generate.loading import LoadedModel
 from fasterdit.run.config import RunConfig
 
@@ -203,6 +204,7 @@ def resolve_sampling(purpose: Purpose, lm: LoadedModel, flags: SamplingFlags) ->
             "--sampler", f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLER_NAMES)}"
         )
     _check_opts(sampler, flags.sampler_opts)
+    check_bounds(int(steps), int(num), png=False)  # flags (the run's own values are checked with its config)
     interval, i_src = _first(
         (flag, flags.guidance_interval),
         ("recipe sampler.guidance_interval", _interval(recipe.sampler.guidance_interval)),

@@ -12,6 +12,12 @@ How a job runs (``fasterdit sample``/``eval``, one process or under ``torchrun``
    loses at most the batches in flight, and a rerun never samples a finished index again.
 4. Rank 0 streams the parts, in index order, into the ``.npz`` (fixed zip timestamps: equal samples
    give equal bytes), writes the JSON sidecar beside it and removes the work folder.
+
+Rank 0 holds an exclusive lock (``samples.npz.lock``, ``fcntl.flock``) from step 1 to the end, so a
+second job on the same ``--out`` is refused at once, naming the holder's pid, instead of crashing when
+the first one removes the shared work folder. The kernel drops the lock when its holder dies (``kill
+-9`` included), so a killed job never blocks the next; the file itself is removed by the holder at the
+end, and a job that opened it just before checks that it is still the file at that path.
 """
 
 from __future__ import annotations
@@ -19,10 +25,11 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import re
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +46,7 @@ from fasterdit.generate.npz import write_samples_npz
 from fasterdit.models.dit import DiT
 from fasterdit.runtime.distributed import DistInfo, barrier, broadcast_object, gather_objects
 from fasterdit.runtime.files import atomic_write_bytes, atomic_write_text
+from fasterdit.runtime.locks import Locked, lock_file
 from fasterdit.viz import to_uint8
 
 _PART = re.compile(r"^part-(\d{9})-(\d{9})\.npz$")
@@ -110,6 +118,54 @@ def work_dir(out: Path) -> Path:
 
 def sidecar_path(out: Path) -> Path:
     return out.with_suffix(".json")
+
+
+def lock_path(out: Path) -> Path:
+    """The lock file of the job that writes ``out`` (present while a job holds it, or after a kill)."""
+    return out.with_name(out.name + ".lock")
+
+
+class JobLocked(UserError):
+    """Another job is writing the same output; the message names its pid and host."""
+
+
+@contextlib.contextmanager
+def job_lock(out: Path) -> Iterator[None]:
+    """Hold the lock of the job that writes ``out`` while inside, or raise JobLocked at once."""
+    path = lock_path(out)
+    fd = _acquire(path, out)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()  # while still held: a job that opened it sees it gone and retries
+        os.close(fd)
+
+
+def _acquire(path: Path, out: Path) -> int:
+    """An exclusive lock on the file at ``path`` (created if missing), as an open descriptor."""
+    while True:
+        try:
+            fd = lock_file(path, "the job lock")
+        except Locked as err:
+            raise JobLocked(
+                f"{out} is being written by another fasterdit job ({err.holder}; lock {path.name}); nothing "
+                "was changed. Wait for it to finish (this command then finds the finished file) or "
+                "choose another --out"
+            ) from None
+        if _still_at(fd, path):
+            return fd
+        os.close(fd)  # the holder removed the file after we opened it: lock the one at the path now
+
+
+def _still_at(fd: int, path: Path) -> bool:
+    """Whether the open file ``fd`` is still the file at ``path``."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return False
+    own = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (own.st_dev, own.st_ino)
 
 
 def check_sampleable(model: DiT, recipe: Recipe) -> None:
@@ -289,9 +345,43 @@ def run_sample_job(
     ``record``: what identifies the weights and decoding (checkpoint path and SHA-256, EMA, recipe,
     VAE, ...); with ``settings`` it forms the job's identity, which a resumed work folder must match.
     Only rank 0's ``record`` is used. Returns on every rank once all samples are on disk; only rank
-    0 waits for the assembly.
+    0 waits for the assembly. Rank 0 holds the job's lock throughout (see the module docstring); when
+    another job holds it, every rank raises :class:`JobLocked`.
     """
     out = Path(out)
+    with contextlib.ExitStack() as held:
+        refused = _hold_lock(held, out) if dist.is_main else None
+        refused = broadcast_object(refused)
+        if refused is not None:
+            raise JobLocked(refused)
+        return _run_locked(
+            model, recipe, settings, out, record=record, batch_size=batch_size, dist=dist, decode=decode,
+            progress=progress,
+        )  # fmt: skip
+
+
+def _hold_lock(held: contextlib.ExitStack, out: Path) -> str | None:
+    """Rank 0: take the job's lock into ``held``; the message of why not, or None."""
+    try:
+        held.enter_context(job_lock(out))
+    except UserError as err:
+        return str(err)
+    return None
+
+
+def _run_locked(
+    model: DiT,
+    recipe: Recipe,
+    settings: SampleSettings,
+    out: Path,
+    *,
+    record: dict[str, Any],
+    batch_size: int,
+    dist: DistInfo,
+    decode: Decode | None,
+    progress: bool,
+) -> JobResult:
+    """:func:`run_sample_job` once rank 0 holds the lock."""
     check_sampleable(model, recipe)
     t0 = time.time()
     identity = json.loads(json.dumps({**record, **settings.to_dict()}))  # as job.json will read it back

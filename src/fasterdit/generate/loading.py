@@ -21,13 +21,14 @@ from typing import Any
 import torch
 
 from fasterdit.diffusion.recipe import Recipe, get_preset
-from fasterdit.errors import DataError
+from fasterdit.errors import DataError, UserError
 from fasterdit.models import create_model
 from fasterdit.models.dit import DiT
 from fasterdit.models.official import load_official
 from fasterdit.run import checkpoint as ckpt_mod
 from fasterdit.run.config import RunConfig, config_from_dict
 from fasterdit.run.description import DataDescription
+from fasterdit.runtime.distributed import DistInfo, broadcast_object
 
 __all__ = ["DataDescription", "FamilyDefaults", "LoadedModel", "load_model", "load_trained"]
 
@@ -74,6 +75,11 @@ class LoadedModel:
     step: int | None  # None for official checkpoints
     source: str  # "fasterdit", "official-dit" or "official-sit"
     path: Path
+    #: the weights file read from one of our checkpoints ("ema.safetensors" or "model.safetensors") and
+    #: the SHA-256 its meta.json records, kept because a running training may prune the checkpoint
+    #: before a sidecar is written; None for official checkpoints and the trainer's own models
+    weights_file: str | None = None
+    weights_sha256: str | None = None
 
     @property
     def official(self) -> bool:
@@ -112,27 +118,49 @@ def _warn(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def _read_ours(ckpt: Path, ema: bool) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """meta.json and the (EMA) weights of one of our checkpoints; CheckpointError if unreadable."""
-    meta = ckpt_mod.read_meta(ckpt)
-    which = "ema" if ema and (ckpt / "ema.safetensors").is_file() else "model"
-    return meta, ckpt_mod.load_tensors(ckpt, which, device="cpu")
+#: what a meta.json that does not describe its weights raises when read (a model name of another size,
+#: a config or recipe value out of range, an unknown model argument): damage, not the user's mistake
+_META_ERRORS = (UserError, KeyError, TypeError, ValueError, RuntimeError)
 
 
-def _load_ours(path: Path, ema: bool, device) -> LoadedModel:
-    # checksums verified; a damaged newest checkpoint of a run dir falls back to the previous one
-    ckpt, (meta, state) = ckpt_mod.open_checkpoint(path, lambda c: _read_ours(c, ema), _warn)
-    cfg = config_from_dict(meta["config"])
-    recipe = Recipe.from_dict(meta["recipe"])
+def _model_from(meta: dict[str, Any], state: dict[str, torch.Tensor]) -> DiT:
+    """The network meta.json describes, holding ``state`` (strict: every weight, every shape)."""
     m = dict(meta["model"])
     name = m.pop("name")
     m["grad_checkpointing"] = False
     with torch.device("meta"):
         model = create_model(name, **m)
     model.load_state_dict(state, strict=True, assign=True)
-    model = model.float().to(device).eval()
-    data = DataDescription.from_dict(meta.get("data"), str(ckpt))
-    return LoadedModel(model, recipe, cfg, None, data, int(meta["step"]), "fasterdit", ckpt)
+    return model
+
+
+def _read_ours(ckpt: Path, ema: bool) -> LoadedModel:
+    """One of our (verified) checkpoints as a model on the CPU; CheckpointError when its files cannot be
+    read or its meta.json does not describe its weights, so that a run falls back to the previous one."""
+    meta = ckpt_mod.read_meta(ckpt)
+    which = "ema" if ema and "ema.safetensors" in meta["files"] else "model"
+    state = ckpt_mod.load_tensors(ckpt, which, device="cpu")
+    try:
+        cfg = config_from_dict(meta["config"])
+        recipe = Recipe.from_dict(meta["recipe"])
+        model = _model_from(meta, state)
+        data = DataDescription.from_dict(meta.get("data"), str(ckpt))
+    except _META_ERRORS as err:
+        why = " ".join(str(err).split())[:300] or type(err).__name__  # load_state_dict's is many lines
+        raise ckpt_mod.CheckpointError(
+            f"{ckpt / 'meta.json'}: does not describe the weights in {which}.safetensors ({why})"
+        ) from err
+    file = f"{which}.safetensors"
+    digest = meta.get("sha256", {}).get(file)
+    return LoadedModel(model, recipe, cfg, None, data, meta["step"], "fasterdit", ckpt, file, digest)
+
+
+def _load_ours(path: Path, ema: bool, device) -> LoadedModel:
+    # checksums verified; a damaged newest checkpoint of a run dir falls back to the previous one, and one
+    # pruned while read (a running training) is looked up again
+    _ckpt, lm = ckpt_mod.open_checkpoint(path, lambda c: _read_ours(c, ema), _warn)
+    lm.model = lm.model.float().to(device).eval()
+    return lm
 
 
 def _load_official(path: Path, ema: bool, device, family: str | None) -> LoadedModel:
@@ -176,3 +204,37 @@ def _load_official(path: Path, ema: bool, device, family: str | None) -> LoadedM
         origin=None,
     )
     return LoadedModel(model, recipe, cfg, family, data, None, f"official-{loaded.family}", path)
+
+
+def load_on_every_rank(
+    path: str | Path, dist: DistInfo, ema: bool = True, family: str | None = None
+) -> LoadedModel:
+    """:func:`load_trained` for a job of several processes: rank 0 picks the checkpoint (the newest intact
+    one of a run dir) and every rank loads that same one, on its own device.
+
+    Why: a run that is still training writes and prunes checkpoints; ranks that each looked the run up on
+    their own could load different steps and sample a mix of two models. A checkpoint pruned between
+    rank 0's pick and another rank's read is an error naming it (rerun), never a silent mix.
+    """
+    if not dist.distributed:
+        return load_trained(path, ema=ema, device=dist.device, family=family)
+    picked: LoadedModel | None = None
+    failure: UserError | DataError | None = None
+    message: tuple[str, str, str | None] | None = None  # rank 0's (outcome, checkpoint or error, SHA-256)
+    if dist.is_main:
+        try:
+            picked = load_trained(path, ema=ema, device=dist.device, family=family)
+            message = ("ok", str(picked.path), picked.weights_sha256)
+        except (UserError, DataError) as err:  # every rank must leave the broadcast, with the same error
+            failure, message = err, ("error", str(err), None)
+    outcome, where, sha = broadcast_object(message)
+    if failure is not None:
+        raise failure
+    if outcome == "error":
+        raise UserError(where)
+    if picked is not None:
+        return picked
+    lm = load_trained(where, ema=ema, device=dist.device, family=family)
+    if lm.weights_sha256 != sha:
+        raise UserError(f"{where} changed while the ranks loaded it (training pruned it?); rerun")
+    return lm

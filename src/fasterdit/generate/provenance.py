@@ -2,8 +2,9 @@
 
 Why a hash and not the path: a run directory's ``latest`` moves as training goes on, and official
 checkpoints are renamed and copied; a FID is only reproducible from the exact weights. Our
-checkpoints record each file's SHA-256 in ``meta.json`` (verified when loaded), so reading it costs
-nothing; an official ``.pt`` is hashed once (about 1 s per GB).
+checkpoints record each file's SHA-256 in ``meta.json`` (verified when loaded, and kept in the
+:class:`LoadedModel`: a running training may have pruned the checkpoint by the time the sidecar is
+written), so it costs nothing; an official ``.pt`` is hashed once (about 1 s per GB).
 """
 
 from __future__ import annotations
@@ -26,14 +27,19 @@ def weights_file(lm: LoadedModel, ema: bool) -> Path:
     assert lm.path is not None
     if lm.official:
         return lm.path
+    if lm.weights_file is not None:  # what load_trained read, whether or not the file is still there
+        return lm.path / lm.weights_file
     ema_file = lm.path / "ema.safetensors"
     return ema_file if ema and ema_file.is_file() else lm.path / "model.safetensors"
 
 
 def weights_sha256(lm: LoadedModel, ema: bool) -> str:
+    """The weights' SHA-256: recorded when they were loaded, else from meta.json, else hashed."""
     path = weights_file(lm, ema)
+    if lm.weights_sha256 is not None:
+        return lm.weights_sha256
     if not lm.official:
-        recorded = (ckpt_mod.read_meta(lm.path).get("sha256") or {}).get(path.name)
+        recorded = ckpt_mod.read_meta(lm.path).get("sha256", {}).get(path.name)
         if recorded:
             return str(recorded)
     return file_sha256(path)

@@ -7,7 +7,7 @@ Layout of a run directory::
         ema.safetensors     EMA weights (fp32) -- what sampling uses
         state.pt            optimizer, step, every RNG, data position, counters (weights_only-safe)
         meta.json           step, config, recipe, model and data description, file sizes and SHA-256
-                            checksums; written last
+                            checksums, and ``meta_sha256``: the SHA-256 of everything else in it; written last
     <run_dir>/checkpoints/latest      text file naming the newest complete checkpoint
 
 Why this dance (temp dir -> fsync every file -> fsync dir -> rename -> fsync parent -> replace the pointer):
@@ -17,9 +17,20 @@ size, so a half-copied directory is never resumed from. Writing into a hidden ``
 means an interrupted write never touches the previous checkpoint.
 
 Sizes are checked on every lookup (cheap); the SHA-256 of every file is checked before a checkpoint is
-used (resume, ``sample``, ``eval``), so a flipped byte is found rather than trained on. A damaged newest
-checkpoint of a run falls back to the previous intact one (:func:`open_intact`). Deletion goes through a
-``.trash-*`` rename first, so an interrupted prune never leaves a half-deleted ``step-*`` directory.
+used (resume, ``sample``, ``eval``), so a flipped byte is found rather than trained on. ``meta.json`` is
+covered too: its shape is checked and ``meta_sha256`` is the digest of its canonical JSON without the
+file manifest (which the files themselves check), so an edited or damaged model name, step or recipe is
+damage like any other rather than trusted. A damaged newest checkpoint of a run falls back to the
+previous intact one (:func:`open_intact`). Deletion goes through a ``.trash-*`` rename first, so an
+interrupted prune never leaves a half-deleted ``step-*`` directory.
+
+Readers of a live run (``sample``/``eval`` while training saves and prunes, ``log.keep_last 1``
+included) take no lock: the checkpoint they chose can be pruned, or replaced by a save of the same
+step, while they read it. :func:`open_intact` tells that from damage by the directory's identity (it
+is gone or is another directory now) and lists the run again, a bounded number of times, so it always
+ends on the newest checkpoint that was intact while it was read. Every file gets the permissions the
+umask gives a new file (``safetensors`` writes 0600), so other accounts can sample a run on a shared
+filesystem.
 
 Why one module of ~600 lines: the write path (temp dir, fsyncs, rename, pointer, prune) and the read
 path (lookup, size and checksum verification, quarantine) are the two halves of one on-disk format and
@@ -35,6 +46,7 @@ import json
 import os
 import pickle
 import shutil
+import stat
 import time
 import zipfile
 from collections.abc import Callable
@@ -46,7 +58,14 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from fasterdit.errors import UserError
-from fasterdit.runtime.files import TMP_PREFIX, atomic_write_text, fsync_dir, fsync_file
+from fasterdit.runtime.files import (
+    TMP_PREFIX,
+    atomic_write_text,
+    follow_umask,
+    fsync_dir,
+    fsync_file,
+    remove_temps,
+)
 
 __all__ = [
     "CKPT_SUBDIR",
@@ -57,7 +76,9 @@ __all__ = [
     "is_complete",
     "latest_checkpoint",
     "list_checkpoints",
+    "meta_digest",
     "nonfinite_names",
+    "open_checkpoint",
     "open_intact",
     "quarantine",
     "read_meta",
@@ -69,7 +90,8 @@ __all__ = [
 CKPT_SUBDIR = "checkpoints"
 LATEST = "latest"
 FORMAT = "fasterdit-checkpoint"
-VERSION = 1
+#: 2: meta.json records ``meta_sha256`` (version 1 checkpoints are checked by their shape only)
+VERSION = 2
 _PREFIX = "step-"
 _TMP = TMP_PREFIX  # temporary checkpoint directories, named like every temporary file
 _TRASH = ".trash-"
@@ -77,6 +99,15 @@ _CORRUPT = "corrupt-"
 _MB = 2**20
 #: free space required beyond the checkpoint's own size (meta.json, the pointer, filesystem slack)
 _SPACE_MARGIN = 4 * _MB
+#: the fields of meta.json that ``meta_sha256`` does not cover: itself, and the manifest of the files
+#: (sizes and SHA-256), which the files themselves check
+_MANIFEST = ("files", "sha256", "meta_sha256")
+#: the sections of meta.json every reader needs, each a JSON object
+_SECTIONS = ("config", "recipe", "model")
+#: run directories whose ``.tmp-*`` leftovers the trainer removes at its start (checkpoints/: its own sweep)
+_TEMP_DIRS = (".", "samples")
+#: how often a reader lists a run again when the checkpoint it reads is pruned or replaced under it
+RELIST_TRIES = 20
 T = TypeVar("T")
 
 
@@ -91,6 +122,7 @@ def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
         save_file(flat, str(path))
     except SafetensorError as err:
         raise OSError(None, f"safetensors: {err}", str(path)) from err
+    follow_umask(path)  # safetensors creates its file 0600: unreadable to every other account
     fsync_file(path)
 
 
@@ -171,14 +203,74 @@ def checkpoint_step(path: Path) -> int | None:
 
 
 def read_meta(ckpt: str | Path) -> dict[str, Any]:
+    """meta.json of a checkpoint, parsed (its content is checked by :func:`verify_checkpoint`)."""
     path = Path(ckpt) / "meta.json"
     try:
         meta = json.loads(path.read_text())
     except (OSError, ValueError) as err:
         raise CheckpointError(f"{path}: unreadable checkpoint metadata ({err})") from err
+    if not isinstance(meta, dict):
+        kind = type(meta).__name__
+        raise CheckpointError(f"{path}: damaged checkpoint metadata (a JSON {kind}, not an object)")
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a fasterdit checkpoint")
     return meta
+
+
+def meta_digest(meta: dict[str, Any]) -> str:
+    """SHA-256 of meta.json's canonical JSON (sorted keys, no spaces) without the file manifest.
+
+    Why canonical and not the file's bytes: the digest lives inside the file it covers, and the manifest
+    is left out because the files check it (a test or a repair may rewrite it for new files).
+    """
+    body = {k: v for k, v in meta.items() if k not in _MANIFEST}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), default=_json_default)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _manifest_problem(meta: dict[str, Any]) -> str | None:
+    """What is wrong with the file manifest (``files``, ``sha256``), or None."""
+    files, sums = meta.get("files"), meta.get("sha256", {})
+    if not isinstance(files, dict) or "model.safetensors" not in files:
+        return "no file list with model.safetensors"
+    for name, size in files.items():
+        if not name or "/" in name or name in (".", "..", "meta.json") or not _is_int(size) or size < 0:
+            return f"a bad file entry {name!r}: {size!r}"
+    if not isinstance(sums, dict) or not all(isinstance(v, str) for v in sums.values()):
+        return "a malformed sha256 list"
+    if set(sums) - set(files):  # fewer is a checkpoint of before checksums: checked by size
+        return "a sha256 list of files the file list does not have"
+    return None
+
+
+def _meta_problem(ckpt: Path, meta: dict[str, Any]) -> str | None:
+    """What makes a parsed meta.json unusable (a wrong type, another step than its directory's, a digest
+    that does not match), or None. The readers' own checks (config, recipe, weights) come after."""
+    version, step = meta.get("version"), meta.get("step")
+    if not _is_int(version) or version < 1:
+        return f"a bad format version {version!r}"
+    if not _is_int(step) or step < 0:
+        return f"a bad step {step!r}"
+    if checkpoint_step(ckpt) not in (None, step):
+        return f"step {step}, but the directory is of step {checkpoint_step(ckpt)}"
+    manifest = _manifest_problem(meta)
+    if manifest is not None:
+        return manifest
+    for section in _SECTIONS:
+        if not isinstance(meta.get(section), dict):
+            return f"its {section!r} is a {type(meta.get(section)).__name__}, not an object"
+    if not isinstance(meta["model"].get("name"), str):
+        return f"a bad model name {meta['model'].get('name')!r}"
+    recorded = meta.get("meta_sha256")
+    if recorded is None and version >= 2:
+        return "no meta_sha256"
+    if recorded is not None and recorded != meta_digest(meta):
+        return "its content does not match its meta_sha256 (edited or damaged)"
+    return None
 
 
 def is_complete(ckpt: str | Path) -> bool:
@@ -191,13 +283,18 @@ def is_complete(ckpt: str | Path) -> bool:
         return False
 
 
-def list_checkpoints(run_dir: str | Path) -> list[Path]:
-    """Complete checkpoints of a run, oldest first."""
+def _step_dirs(run_dir: str | Path) -> list[Path]:
+    """Every ``step-*`` directory of a run, complete or not, oldest first."""
     root = Path(run_dir) / CKPT_SUBDIR
     if not root.is_dir():
         return []
     found = [(checkpoint_step(p), p) for p in root.iterdir() if p.is_dir()]
-    return [p for s, p in sorted((s, p) for s, p in found if s is not None) if is_complete(p)]
+    return [p for s, p in sorted((s, p) for s, p in found if s is not None)]
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Complete checkpoints of a run, oldest first."""
+    return [p for p in _step_dirs(run_dir) if is_complete(p)]
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
@@ -229,13 +326,17 @@ def find_checkpoint(path: str | Path) -> Path:
 
 
 def remove_stale_temps(run_dir: str | Path) -> list[Path]:
-    """Delete leftovers of interrupted writes and prunes: ``.tmp-*`` and ``.trash-*`` entries, and
-    incomplete ``step-*`` directories older than the newest complete checkpoint (half-deleted by an
-    interrupted prune of an earlier version). Never a complete checkpoint, never a newer partial one.
-    Call it only while holding the run-directory lock.
+    """Delete leftovers of interrupted writes and prunes: ``.tmp-*`` and ``.trash-*`` entries of
+    ``checkpoints/``, the ``.tmp-*`` files of the run directory and its ``samples/`` (a killed
+    ``config.yaml`` write, a torchrun restart's dead attempt), and incomplete ``step-*`` directories
+    older than the newest complete checkpoint (half-deleted by an interrupted prune of an earlier
+    version). Never a complete checkpoint, never a newer partial one.
+
+    Call it only while holding the run-directory lock: then nobody else writes these directories, so a
+    temporary name there is a leftover, never a write in progress.
     """
     root = Path(run_dir) / CKPT_SUBDIR
-    removed: list[Path] = []
+    removed = [p for sub in _TEMP_DIRS for p in remove_temps(Path(run_dir) / sub)]
     if not root.is_dir():
         return removed
     complete = list_checkpoints(run_dir)
@@ -257,14 +358,16 @@ def verify_checkpoint(ckpt: str | Path) -> None:
     """Raise CheckpointError naming the file unless every file has its recorded size and SHA-256.
 
     Reads every byte (about 1 s per GB): called before a checkpoint is used, not on every lookup.
-    Checkpoints written before checksums existed are checked by size only.
+    meta.json itself must have the shape readers rely on and match its ``meta_sha256``. Checkpoints
+    written before checksums existed are checked by size only, and before ``meta_sha256`` (format
+    version 1) by the shape of their meta.json.
     """
     ckpt = Path(ckpt)
     meta = read_meta(ckpt)
-    files = meta.get("files")
-    sums = meta.get("sha256") or {}
-    if not isinstance(files, dict) or not isinstance(sums, dict):
-        raise CheckpointError(f"{ckpt / 'meta.json'}: malformed file list")
+    problem = _meta_problem(ckpt, meta)
+    if problem is not None:
+        raise CheckpointError(f"{ckpt / 'meta.json'}: damaged checkpoint metadata ({problem})")
+    files, sums = meta["files"], meta.get("sha256", {})
     for name, size in files.items():
         path = ckpt / name
         try:
@@ -279,10 +382,67 @@ def verify_checkpoint(ckpt: str | Path) -> None:
 
 
 def candidates(run_dir: str | Path) -> list[Path]:
-    """Complete checkpoints to try, best first: the one ``latest`` names, then the others newest first."""
-    first = latest_checkpoint(run_dir)
-    rest = [p for p in reversed(list_checkpoints(run_dir)) if p != first]
+    """Checkpoints to try, best first: the one ``latest`` names, then every ``step-*`` directory newest
+    first. Incomplete ones are included: verifying them says what is wrong (a truncated file, an
+    unparsable meta.json) instead of passing over them in silence."""
+    root = Path(run_dir) / CKPT_SUBDIR
+    first = None
+    with contextlib.suppress(OSError):
+        name = (root / LATEST).read_text().strip()
+        if checkpoint_step(root / name) is not None and (root / name).is_dir():
+            first = root / name
+    rest = [p for p in reversed(_step_dirs(run_dir)) if p != first]
     return ([first] if first is not None else []) + rest
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of a directory, None when there is none at ``path``: a checkpoint pruned or
+    replaced while it was read has another identity afterwards, a damaged one the same."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino) if stat.S_ISDIR(st.st_mode) else None
+
+
+def _listing(run_dir: Path) -> tuple[str, tuple[str, ...]]:
+    """What a reader's choice of checkpoint depends on: the ``latest`` pointer and the ``step-*`` names."""
+    pointer = ""
+    with contextlib.suppress(OSError):
+        pointer = (run_dir / CKPT_SUBDIR / LATEST).read_text()
+    return pointer, tuple(p.name for p in _step_dirs(run_dir))
+
+
+def _first_intact(
+    run_dir: Path, read: Callable[[Path], T], warn: Callable[[str], None], damaged: dict[Path, str]
+) -> tuple[tuple[Path, T] | None, bool]:
+    """One pass over the candidates: (the first intact one, read; or None) and whether the run's
+    checkpoints changed under the pass, so that listing them again may find a newer one.
+
+    A checkpoint that fails while its directory stays the same is damaged: added to ``damaged``,
+    reported through ``warn`` once, and skipped by later passes. One that is gone or replaced
+    afterwards (a prune, a save of the same step) is no damage: the pass ends and the caller lists again.
+    """
+    before = _listing(run_dir)
+    for ckpt in candidates(run_dir):
+        if ckpt in damaged:
+            continue
+        ident = _identity(ckpt)
+        if ident is None:
+            return None, True
+        try:
+            verify_checkpoint(ckpt)
+            value = read(ckpt)
+        except CheckpointError as err:
+            if _identity(ckpt) != ident:
+                return None, True
+            damaged[ckpt] = str(err)
+            warn(f"warning: skipping checkpoint {ckpt}: {err}")
+            continue
+        if _identity(ckpt) != ident:  # replaced while read: its files may come from two saves
+            return None, True
+        return (ckpt, value), False
+    return None, _listing(run_dir) != before
 
 
 def open_intact(
@@ -291,18 +451,26 @@ def open_intact(
     """``read`` the best intact checkpoint of a run: verified checksums, and ``read`` itself succeeds.
 
     A damaged one is reported through ``warn`` (naming the file) and the previous one is tried; None
-    when the run has no checkpoint; CheckpointError listing every failure when none is intact.
+    when the run has no checkpoint; CheckpointError listing every failure when none is intact. A
+    checkpoint pruned or replaced while it is read (training still running) is not damage: the run is
+    listed again, up to :data:`RELIST_TRIES` times, and the newest intact one read.
     """
-    errors = []
-    for ckpt in candidates(run_dir):
-        try:
-            verify_checkpoint(ckpt)
-            return ckpt, read(ckpt)
-        except CheckpointError as err:
-            errors.append(str(err))
-            warn(f"warning: skipping checkpoint {ckpt}: {err}")
-    if errors:
-        raise CheckpointError(f"no intact checkpoint in {run_dir}: " + "; ".join(errors))
+    run_dir = Path(run_dir)
+    damaged: dict[Path, str] = {}
+    for _ in range(RELIST_TRIES):
+        found, moved = _first_intact(run_dir, read, warn, damaged)
+        if found is not None:
+            return found
+        if not moved:
+            break
+    else:
+        raise CheckpointError(
+            f"{run_dir / CKPT_SUBDIR}: the checkpoint being read was pruned or replaced {RELIST_TRIES} "
+            "times in a row (the run saves faster than a checkpoint can be read); try again, or raise "
+            "log.keep_last"
+        )
+    if damaged:
+        raise CheckpointError(f"no intact checkpoint in {run_dir}: " + "; ".join(damaged.values()))
     return None
 
 
@@ -431,6 +599,9 @@ def _write_files(
         "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         **meta,
     }
+    # the digest of what a reader will parse back (tuples become lists, keys strings, tensors lists)
+    full_meta = json.loads(json.dumps(full_meta, default=_json_default))
+    full_meta["meta_sha256"] = meta_digest(full_meta)
     with open(tmp / "meta.json", "w") as f:
         json.dump(full_meta, f, indent=1, default=_json_default)
         f.flush()

@@ -17,13 +17,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from fasterdit.codec import field_type, from_mapping, to_mapping
+from fasterdit.codec import brief, field_type, from_mapping, load_yaml, load_yaml_file, to_mapping
+from fasterdit.diffusion.sampling_base import MAX_STEPS
 from fasterdit.dotted import apply_dotted
 from fasterdit.errors import ConfigError
 
 __all__ = [
+    "MAX_EVAL_SAMPLES",
+    "MAX_GRID_SAMPLES",
+    "MAX_THREADS",
     "DataConfig",
     "EvalConfig",
     "LogConfig",
@@ -40,6 +42,14 @@ __all__ = [
     "parse_overrides",
     "resolve_config_path",
 ]
+
+
+#: Bounds of the values that size memory or threads: a value past them is a typo (``1e9`` for ``1e3``)
+#: that would otherwise train, checkpoint and then be killed for memory. Sampling steps: MAX_STEPS of
+#: the samplers (100,000).
+MAX_THREADS = 1024  #: train.threads (torch's CPU threads; one per core is the most that helps)
+MAX_GRID_SAMPLES = 10_000  #: images of one sample grid (rows x sample.per_class), drawn in memory
+MAX_EVAL_SAMPLES = 1_000_000  #: eval.num_samples (eval.every gathers them in memory; FID-50K needs 50,000)
 
 
 @dataclass
@@ -93,6 +103,8 @@ class TrainConfig:
     #: ramp the EMA decay as min(decay, (1 + step) / (10 + step)) so short runs get a useful EMA early
     ema_warmup: bool = False
     max_nonfinite: int = 20  #: abort after this many consecutive steps with a non-finite loss/gradient
+    #: warn when the recipe's log-SNR law sits far from where it sits on unit-std data (unscaled latents)
+    snr_warning: bool = True
 
 
 @dataclass
@@ -191,13 +203,15 @@ def _apply_override(data: dict[str, Any], key: str, raw: str) -> None:
     if parts[0] == "recipe" and len(parts) > 1:
         if data.get("recipe_overrides") is None:
             data["recipe_overrides"] = {}
-        data["recipe_overrides"][".".join(parts[1:])] = yaml.safe_load(raw) if raw else raw
+        data["recipe_overrides"][".".join(parts[1:])] = (
+            load_yaml(raw, "--set", f"the value of {key}") if raw else raw
+        )
         return
     tp = field_type(RunConfig, key)
     # keep the string; the codec parses it by the declared type (lists from "1,2,3" or YAML)
     value: Any = raw
     if typing.get_origin(tp) is list or tp is dict or typing.get_origin(tp) is dict:
-        loaded = yaml.safe_load(raw) if raw else None
+        loaded = load_yaml(raw, "--set", f"the value of {key}") if raw else None
         value = loaded if isinstance(loaded, (list, dict)) else raw
     # a config file may leave sections out: the path is checked above, so missing ones are created
     apply_dotted(data, key, value, what="config", create_sections=True)
@@ -232,10 +246,7 @@ def load_config(spec: str | Path | None, overrides: list[str] | None = None) -> 
     data: dict[str, Any] = {}
     if spec is not None:
         path = resolve_config_path(spec)
-        try:
-            loaded = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as err:
-            raise ConfigError("--config", f"{path} is not valid YAML: {err}") from None
+        loaded = load_yaml_file(path, "--config")
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(
                 "--config", f"{path} must hold a mapping of sections, not {type(loaded).__name__}"
@@ -282,7 +293,7 @@ def _validate(cfg: RunConfig) -> None:
     _check(
         cfg.data.split in ("train", "heldout", "all"),
         "data.split",
-        f"must be train, heldout or all, got {cfg.data.split!r}",
+        f"must be train, heldout or all, got {brief(cfg.data.split)}",
     )
     for key in ("resolution", "channels"):
         v = getattr(cfg.data, key)
@@ -310,40 +321,61 @@ def _validate(cfg: RunConfig) -> None:
     _check(
         t.device == "auto" or t.device == "cpu" or t.device.startswith("cuda"),
         "train.device",
-        f"must be auto, cpu or cuda, got {t.device!r}",
+        f"must be auto, cpu or cuda, got {brief(t.device)}",
     )
     _check(
         t.precision in ("auto", "fp32", "bf16"),
         "train.precision",
-        f"must be auto, fp32 or bf16, got {t.precision!r}",
+        f"must be auto, fp32 or bf16, got {brief(t.precision)}",
     )
     _check(0 <= t.ema_decay < 1, "train.ema_decay", f"must be in [0, 1), got {t.ema_decay}")
     _check(
         isinstance(t.compile_backend, str) and bool(t.compile_backend),
         "train.compile_backend",
-        f"must be a torch.compile backend name such as inductor, got {t.compile_backend!r}",
+        f"must be a torch.compile backend name such as inductor, got {brief(t.compile_backend)}",
     )
-    _check(t.threads is None or t.threads >= 1, "train.threads", f"must be >= 1 or null, got {t.threads}")
+    _check(
+        t.threads is None or 1 <= t.threads <= MAX_THREADS,
+        "train.threads",
+        f"must be >= 1 and at most {MAX_THREADS}, or null, got {brief(t.threads)}",
+    )
     _check(t.max_nonfinite >= 1, "train.max_nonfinite", f"must be >= 1, got {t.max_nonfinite}")
     for key in ("log_every", "ckpt_every", "sample_every"):
         _check(getattr(lg, key) >= 0, f"log.{key}", f"must be >= 0 (0 = off), got {getattr(lg, key)}")
     _check(lg.log_every >= 1, "log.log_every", f"must be >= 1, got {lg.log_every}")
     _check(lg.keep_last >= 1, "log.keep_last", f"must be >= 1, got {lg.keep_last}")
-    _check(s.steps >= 1, "sample.steps", f"must be >= 1, got {s.steps}")
+    _check(
+        1 <= s.steps <= MAX_STEPS,
+        "sample.steps",
+        f"must be >= 1 and at most {MAX_STEPS}, got {brief(s.steps)}",
+    )
     _check(s.cfg_scale >= 0, "sample.cfg_scale", f"must be >= 0, got {s.cfg_scale}")
     _check(s.per_class >= 1, "sample.per_class", f"must be >= 1, got {s.per_class}")
+    rows = len(s.classes) if s.classes else 10  # None: every class, at most 10
+    _check(
+        rows * s.per_class <= MAX_GRID_SAMPLES,
+        "sample.per_class",
+        f"a grid of {rows} rows x {brief(s.per_class)} is over {MAX_GRID_SAMPLES} images (sample.classes "
+        "x sample.per_class; rows count as 10 when classes is null)",
+    )
     _check(s.seed >= 0, "sample.seed", f"must be >= 0, got {s.seed}")
     _check(e.seed is None or e.seed >= 0, "eval.seed", f"must be >= 0, got {e.seed}")
     _check(
         s.classes is None or all(c >= 0 for c in s.classes),
         "sample.classes",
-        f"must be class indices >= 0, got {s.classes}",
+        f"must be class indices >= 0, got {brief(s.classes)}",
     )
     _check(e.every >= 0, "eval.every", f"must be >= 0 (0 = off), got {e.every}")
     _check(
-        e.num_samples >= 2, "eval.num_samples", f"must be >= 2 (FID needs a covariance), got {e.num_samples}"
+        2 <= e.num_samples <= MAX_EVAL_SAMPLES,
+        "eval.num_samples",
+        f"must be >= 2 (FID needs a covariance) and at most {MAX_EVAL_SAMPLES}, got {brief(e.num_samples)}",
     )
-    _check(e.steps is None or e.steps >= 1, "eval.steps", f"must be >= 1, got {e.steps}")
+    _check(
+        e.steps is None or 1 <= e.steps <= MAX_STEPS,
+        "eval.steps",
+        f"must be >= 1 and at most {MAX_STEPS}, got {brief(e.steps)}",
+    )
 
 
 def check_world(cfg: RunConfig, world_size: int) -> None:

@@ -8,12 +8,14 @@ with a warning, and a plot that cannot be drawn is a warning.
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from pathlib import Path
 
 import torch
 
+from fasterdit.diffusion.snr import default_window, placement, snr_distribution
 from fasterdit.errors import UserError
 from fasterdit.eval import evaluate
 from fasterdit.generate.decode import decoder_for
@@ -22,6 +24,7 @@ from fasterdit.generate.grid import write_grid
 from fasterdit.generate.job import Decode, SampleSettings, resolve_precision
 from fasterdit.generate.loading import LoadedModel
 from fasterdit.run.description import DataDescription
+from fasterdit.runtime.files import atomic_write_text
 from fasterdit.train.logging import MetricsLogger, plot_eval_curve, plot_loss_curve
 from fasterdit.train.parts import TrainParts
 from fasterdit.train.signals import StopRequested
@@ -138,11 +141,18 @@ class Outputs:
         plot_eval_curve(run_dir)
 
     def write_snr_plot(self) -> None:
-        """snr_pdf.png: the log-SNR density this run's recipe trains on, at the data's std (once)."""
+        """snr_pdf.png: the log-SNR density this run's recipe trains on, at the data's std, and snr.json: its
+        summary and where it sits (:func:`~fasterdit.diffusion.snr.placement`), once."""
         ctx = self.ctx
         path = ctx.run_dir / "snr_pdf.png"
         if path.exists():
             return
+        dist = snr_distribution(ctx.recipe, ctx.source.stats)
+        record = {
+            "placement": placement(ctx.recipe, ctx.source.stats).to_dict(),
+            "summary": dist.summary(default_window()).to_dict("nats"),
+        }
+        atomic_write_text(ctx.run_dir / "snr.json", json.dumps(record, indent=2) + "\n")
         try:
             save_snr_plot(
                 [ctx.recipe],

@@ -6,8 +6,9 @@ states and the step generator. Why the RNG states although each step reseeds its
 global RNGs are the user's (a test hook, a custom loss), and restoring them costs nothing.
 
 Reliability (docs/training.md, "Guarantees"): a checkpoint is written only from finite weights (one check
-per save) and never prunes during a non-finite streak; resume verifies checksums and falls back to the
-previous intact checkpoint, moving a damaged one aside.
+per save) and never prunes during a non-finite streak; resume verifies checksums (meta.json's own
+``meta_sha256`` included, so an edited or damaged meta.json is damage, not a different run) and falls
+back to the previous intact checkpoint, moving a damaged one aside.
 """
 
 from __future__ import annotations
@@ -95,6 +96,21 @@ def describe_last_good(last: Path | None) -> str:
     return f"the last good checkpoint is {last} (step {step}): intact (checksums ok, weights finite)"
 
 
+def _section(path: Path, meta: dict[str, Any], section: str, key: str) -> dict[str, Any]:
+    """``meta[section][key]`` of a checkpoint (``{}`` when the checkpoint does not record it).
+
+    Why not ``.get(key, {})`` alone: a version-1 meta.json (no ``meta_sha256``) can hold anything there,
+    and a list must fall back to the previous checkpoint like other damage, not raise AttributeError.
+    """
+    value = meta[section].get(key, {})
+    if not isinstance(value, dict):
+        raise ckpt_mod.CheckpointError(
+            f"{path / 'meta.json'}: damaged checkpoint metadata ({section}.{key} is a "
+            f"{type(value).__name__}, not an object)"
+        )
+    return value
+
+
 def _broadcast_path(path: Path | None) -> Path | None:
     val = broadcast_object(None if path is None else str(path))
     return None if val is None else Path(val)
@@ -153,7 +169,7 @@ class Checkpointer:
         device = self.parts.device
         try:
             meta = ckpt_mod.read_meta(path)
-            self._check_compatible(meta)
+            self._check_compatible(path, meta)
             model_sd = ckpt_mod.load_tensors(path, "model", device=device)
             ema_sd = ckpt_mod.load_tensors(path, "ema", device=device)
             state = ckpt_mod.load_train_state(path, map_location="cpu")
@@ -196,17 +212,19 @@ class Checkpointer:
                 f"{data.get('size')}; the data order will differ from an uninterrupted run"
             )
 
-    def _check_compatible(self, meta: dict[str, Any]) -> None:
+    def _check_compatible(self, path: Path, meta: dict[str, Any]) -> None:
+        """ConfigError when the run's config differs from the (verified) checkpoint's in what cannot
+        change on resume; CheckpointError when the checkpoint's config sections are not objects."""
         ctx, cfg = self.ctx, self.ctx.cfg
-        old = meta.get("config", {})
+        old = meta["config"]
+        old_model, old_data = _section(path, meta, "config", "model"), _section(path, meta, "config", "data")
         # (field, what the checkpoint says, what this run has): a different model or data is never resumable
         fixed = (
-            ("model.name", old.get("model", {}).get("name"), cfg.model.name),
-            ("model.learn_sigma", meta.get("model", {}).get("learn_sigma"), ctx.model_kwargs["learn_sigma"]),
-            ("model.class_dropout_prob", old.get("model", {}).get("class_dropout_prob"),
-             cfg.model.class_dropout_prob),
-            ("data.source", old.get("data", {}).get("source"), cfg.data.source),
-        )  # fmt: skip
+            ("model.name", old_model.get("name"), cfg.model.name),
+            ("model.learn_sigma", meta["model"].get("learn_sigma"), ctx.model_kwargs["learn_sigma"]),
+            ("model.class_dropout_prob", old_model.get("class_dropout_prob"), cfg.model.class_dropout_prob),
+            ("data.source", old_data.get("source"), cfg.data.source),
+        )
         for name, a, b in fixed:
             if a is not None and a != b:
                 raise ConfigError(

@@ -27,6 +27,8 @@ from typing import Any
 
 import yaml
 
+from fasterdit.codec import load_yaml_file
+from fasterdit.diffusion.snr import placement
 from fasterdit.run import checkpoint as ckpt_mod
 from fasterdit.run.config import RunConfig, config_from_dict
 from fasterdit.runtime.distributed import DistInfo, barrier, broadcast_object, init_distributed
@@ -115,7 +117,7 @@ class Trainer:
         cfg, say = ctx.cfg, ctx.console.say
         if d.is_main:
             for p in ckpt_mod.remove_stale_temps(ctx.run_dir):
-                say(f"removed {p}, left by an interrupted checkpoint write or prune")
+                say(f"removed {p}, left by an interrupted write or prune")
         barrier()
         parts = self._setup()
         checkpointer = Checkpointer(ctx, parts, self.state, self.allow_config_change)
@@ -268,6 +270,10 @@ class Trainer:
             f"  loss: {ctx.recipe.loss.describe(ctx.source.channels)}"
             + (" + VB (learned variance, iDDPM's hybrid loss)" if ctx.recipe.learn_sigma else "")
         )
+        if cfg.train.snr_warning:
+            where_lam = placement(ctx.recipe, ctx.source.stats)
+            if where_lam.far:
+                ctx.console.say(where_lam.warning())
 
 
 def _yaml(d: dict[str, Any]) -> str:
@@ -286,4 +292,4 @@ def load_run_config(run_dir: str | Path) -> RunConfig | None:
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         return None
-    return config_from_dict(yaml.safe_load(path.read_text()) or {})
+    return config_from_dict(load_yaml_file(path, "config") or {})

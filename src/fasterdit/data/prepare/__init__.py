@@ -56,7 +56,7 @@ import torch
 from tqdm.auto import tqdm
 
 from fasterdit.data.embedded import EMBEDDED, INFO, Origin, export_embedded
-from fasterdit.data.folder import SMALL, scan_folder
+from fasterdit.data.folder import SMALL, check_resolution, scan_folder
 from fasterdit.data.prepare.encode import encode_shards, image_loader, shard_batches, write_shard
 from fasterdit.data.prepare.outdir import (
     PREPARE_JSON,
@@ -87,6 +87,11 @@ from fasterdit.runtime.distributed import (
 __all__ = ["prepare"]
 
 DIST_TIMEOUT = timedelta(hours=48)  # ranks with resumed shards wait for the others at the end
+#: bounds of what one process holds: decoding workers (processes), an encoder batch as float32, and a
+#: shard, which is assembled in memory before it is written (the default aims at 256 MB)
+MAX_WORKERS = 256
+MAX_BATCH_BYTES = 16 * 2**30
+MAX_SHARD_BYTES = 4 * 2**30
 
 
 def prepare(
@@ -121,8 +126,8 @@ def prepare(
     simulate a crash).
     """
     images, out = Path(images).expanduser(), Path(out).expanduser()
-    resolution = int(resolution)
-    _check_args(resolution, batch_size, shard_size, storage_dtype, small)
+    resolution = check_resolution(resolution)
+    _check_args(resolution, batch_size, shard_size, storage_dtype, small, workers)
     compute_dtype = parse_dtype(dtype)
     check_out(out, images)
 
@@ -147,6 +152,7 @@ def prepare(
             content, rel, resolution=resolution, flip=flip, small=small, storage_dtype=storage_dtype,
             dtype=dtype, shard_size=shard_size, origin=origin, previous=read_previous_record(out),
         )  # fmt: skip
+        _check_shard_bytes(plan)
         own = images.name if origin is not None else None
         error = check_previous(out, plan.record(images), rel, own) if info.is_main else None
         error = broadcast_object(error, group=group)
@@ -197,13 +203,28 @@ def prepare(
 
 
 def _check_args(
-    resolution: int, batch_size: int, shard_size: int | None, storage_dtype: str, small: str
+    resolution: int,
+    batch_size: int,
+    shard_size: int | None,
+    storage_dtype: str,
+    small: str,
+    workers: int | None,
 ) -> None:
     """The settings that need no file: checked before any work."""
-    if resolution <= 0:
-        raise ConfigError("resolution", f"must be a positive number of pixels, got {resolution}")
     if batch_size <= 0:
         raise ConfigError("batch_size", f"must be positive, got {batch_size}")
+    batch_bytes = batch_size * 3 * resolution**2 * 4  # decoded, as float32
+    if batch_bytes > MAX_BATCH_BYTES:
+        most = MAX_BATCH_BYTES // (3 * resolution**2 * 4)
+        raise ConfigError(
+            "batch_size",
+            f"{batch_size} images of {resolution}x{resolution} are over {MAX_BATCH_BYTES // 2**30} GB "
+            f"as float32; at most {most}",
+        )
+    if workers is not None and not 0 <= workers <= MAX_WORKERS:
+        raise ConfigError(
+            "workers", f"must be in [0, {MAX_WORKERS}] (0: decode in this process), got {workers}"
+        )
     if shard_size is not None and shard_size <= 0:
         raise ConfigError("shard_size", f"must be positive, got {shard_size}")
     if storage_dtype not in STORAGE_DTYPES:
@@ -212,6 +233,19 @@ def _check_args(
         )
     if small not in SMALL:
         raise ConfigError("small", f"must be one of {SMALL}, got {small!r}")
+
+
+def _check_shard_bytes(plan: Plan) -> None:
+    """A shard is assembled in memory before it is written: refuse one over MAX_SHARD_BYTES."""
+    images = min(plan.shard_size, plan.num_files)
+    shard_bytes = images * plan.content.item_bytes
+    if shard_bytes > MAX_SHARD_BYTES:
+        most = MAX_SHARD_BYTES // plan.content.item_bytes
+        raise ConfigError(
+            "shard_size",
+            f"{images} images per shard are {shard_bytes / 2**30:.1f} GB of {plan.content.kind}s, "
+            f"over {MAX_SHARD_BYTES // 2**30} GB (a shard is built in memory); at most {most}",
+        )
 
 
 def _encoder_device(device: str | None) -> torch.device:

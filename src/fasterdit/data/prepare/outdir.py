@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,44 @@ PREPARE_JSON = "prepare.json"
 FILES_TXT = "files.txt"
 SKIPPED_TSV = "skipped.tsv"
 WARNINGS_TSV = "warnings.tsv"
+
+
+#: what a files.txt line cannot hold as it is: the backslash (the escape itself), every line break that
+#: ``str.splitlines`` knows, and the lone surrogates by which Python holds the bytes of a file name that
+#: is not UTF-8 (``os.fsdecode``'s surrogateescape)
+_SPECIAL = re.compile("[\\\\\n\r\x0b\x0c\x1c-\x1e\x85\u2028\u2029\ud800-\udfff]")
+_ESCAPE = re.compile(r"\\(\\|u[0-9a-f]{4})")
+
+
+def escape_name(name: str) -> str:
+    r"""``name`` as one line of files.txt: ``\\`` for a backslash, ``\uXXXX`` (lowercase hex) for a line
+    break or a byte that is not UTF-8 (``\udcff`` for the byte 0xff); any other name is written as it is.
+
+    Why: a line per file is what makes a shard's ``index`` a line number, and a class folder named
+    ``new<LF>line`` used to take two lines and shift every later index onto the wrong file.
+    """
+    return _SPECIAL.sub(_escape_char, name)
+
+
+def _escape_char(m: re.Match[str]) -> str:
+    c = m.group()
+    return "\\\\" if c == "\\" else f"\\u{ord(c):04x}"
+
+
+def unescape_name(line: str) -> str:
+    """The file name of a files.txt line (undoes :func:`escape_name`)."""
+    return _ESCAPE.sub(lambda m: "\\" if m.group(1) == "\\" else chr(int(m.group(1)[1:], 16)), line)
+
+
+def read_files_list(out: Path) -> list[str]:
+    """The source files of a preparation in OUT, relative to its image folder: line ``i`` of files.txt
+    is the file of ``index == i``. A name that is not UTF-8 comes back as ``os.fsdecode`` gives it, so
+    ``images / name`` opens the file."""
+    try:
+        text = (out / FILES_TXT).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise DataError(f"{out / FILES_TXT}: cannot read the file list ({err})") from None
+    return [unescape_name(line) for line in text.split("\n")[:-1]]
 
 
 def shard_name(k: int, rank: int) -> str:
@@ -100,7 +139,7 @@ def check_previous(out: Path, record: dict[str, Any], rel: list[str], own: str |
             )
     try:
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / FILES_TXT, "".join(r + "\n" for r in rel))
+        atomic_write_text(out / FILES_TXT, "".join(escape_name(r) + "\n" for r in rel))
         atomic_write_text(prev_file, json.dumps(record, indent=2, sort_keys=True) + "\n")
     except OSError as err:
         return f"cannot write {out} ({err.strerror or err})"

@@ -137,7 +137,8 @@ def make_plan(
         "dtype": dtype if latent else None,
         "shard_size": int(shard_size),
         "num_files": len(rel),
-        "files_sha256": hashlib.sha256("\n".join(rel).encode("utf-8")).hexdigest(),
+        # surrogateescape: a name that is not UTF-8 hashes as its bytes (the others as before)
+        "files_sha256": hashlib.sha256("\n".join(rel).encode("utf-8", "surrogateescape")).hexdigest(),
     }
     if origin is not None:  # only then: the fingerprints of earlier folder preparations stay valid
         config["origin"] = origin

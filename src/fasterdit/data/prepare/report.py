@@ -11,7 +11,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from fasterdit.data.prepare.outdir import FILES_TXT, SKIPPED_TSV, WARNINGS_TSV
+from fasterdit.data.prepare.outdir import FILES_TXT, SKIPPED_TSV, WARNINGS_TSV, escape_name
 from fasterdit.data.prepare.plan import Plan
 from fasterdit.data.prepared import FORMAT_VERSION, MANIFEST
 from fasterdit.data.stats import RunningStats
@@ -56,7 +56,8 @@ def finish_stats(per_shard: list[dict[str, Any]], kind: str, group: Any) -> dict
 
 
 def _tsv_field(s: str) -> str:
-    return s.replace("\t", " ").replace("\n", " ")
+    """A path or reason as one TSV field: escaped as files.txt lines are, and a tab as ``\\u0009``."""
+    return escape_name(s).replace("\t", "\\u0009")
 
 
 def _write_tsv(path: Path, header: str, rows: list[tuple[str, str]]) -> None:
@@ -90,7 +91,7 @@ def write_manifest(
         shards.append({"file": name, "num_items": int(n), "rank": int(name.split("-r")[1][:3])})
         all_skipped += [(str(images / r), reason) for r, reason in sk]
         all_warn += [(str(images / r), msg) for r, msg in wn]
-    where = images.resolve()
+    where = _tsv_field(str(images.resolve()))
     _write_tsv(
         out / SKIPPED_TSV,
         f"# fasterdit prepare: {len(all_skipped)} file(s) under {where} skipped\n# path\treason\n",

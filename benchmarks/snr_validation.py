@@ -1,0 +1,246 @@
+"""Does ``fasterdit snr --recommend`` pick the data scale where training is best, on data where ×1 is wrong?
+(issue #26)
+
+FasterDiT's first claim: a strategy fails on new data because the data's std moves the PDF of the extended
+log-SNR, and the scale should put the PDF where training is efficient. ``snr --recommend`` implements that
+choice; on the scaled ``mnist-ae`` latents (std 1) it says ×1, its default. Here it is tested on data whose
+raw std is far from 1, by training.
+
+Protocol (written before any run of it):
+
+* **Data** (``DATASETS``): (a) ``latents-raw``: the ``mnist-ae`` latents without ``scaling_factor`` (raw
+  std ~1.65; the prepared latents × 1/scaling_factor); (b) ``ae-wide``: a second autoencoder whose raw latent
+  std is far from 1 (not built yet: listed as not run); (c) ``pixels``: the MNIST digits in [-1, 1]
+  (std ~0.62, mean ~-0.74). The raw data is what a user has; every run multiplies it by ``k``.
+* **Laws**: rectified flow, velocity target (the ``sit`` preset), timesteps lognorm(0, 1) and uniform.
+* **Model and training**: as ``latent_convergence``'s std part: DiT-Ti/2 on the 8×8×4 latents (DiT-Ti/4 on
+  28×28 pixels, the pixel demo's model), batch 64, AdamW lr 3e-3 (the best lr of ``latent_convergence``'s lr
+  sweep for ``sit``, tuned on the scaled latents and kept for every data set), warm-up 100, grad clip 1,
+  EMA 0.999 with warm-up, **1,050 steps** (the committed 2,100-step std sweep ranks its five lognorm scales
+  the same at 1,050 and at 2,100 steps; ``--report`` checks it again on its own runs).
+* **Evaluation**: FID-clf of N = 1,000 decoded EMA samples (Euler, 25 NFE, cfg 1) against the held-out
+  digits, in pixel space, at steps 525 and 1,050; the reading is the final FID.
+* **Sweep**: k ∈ {0.25, 0.5, 1, 2, 4} × the raw data, seed 0. **Best** = the sweep's lowest final FID.
+* **Recommendation**: ``fasterdit snr --recipe <the law on the raw data> --data <the data> --recommend``
+  (median at the window's centre, the tool's default), the real command; its k need not be a grid point.
+* **Seeds**: 3 seeds (0, 1, 2) at the best k and at the recommended k. ``seed_spread`` = max − min of the
+  final FID over the seeds at the best k.
+* **Verdict per case**: the goal is ``fid_recommended − fid_best ≤ seed_spread`` (the recommendation is as
+  good as the best within the noise), and, where the raw std is far from 1, ``fid_default − fid_recommended >
+  seed_spread`` (it beats ×1 beyond the noise). ``fid_default`` is the sweep's k = 1 run (raw data, no
+  modulation). A miss is reported as a miss.
+* **Scale against shift** (``shift`` part): on (a) with lognorm, data × k against timestep shift s = 1/k (the
+  same PDF of λ on the linear flow path: λ moves by −2·ln s), k ∈ {0.5, 2}, 3 seeds each: does the PDF alone
+  predict the outcome?
+
+Parts, each resumable from its committed per-run metrics files
+(``benchmarks/results/snr_validation/<part>/<name>.json``), as ``latent_convergence``:
+
+    python benchmarks/snr_validation.py --part sweep --data latents-raw --law lognorm   # 5 runs, ~25 min
+    python benchmarks/snr_validation.py --part seeds --data latents-raw --law lognorm   # best + rec, 3 seeds
+    python benchmarks/snr_validation.py --part shift                                    # 12 runs
+    python benchmarks/snr_validation.py --report        # docs/benchmarks/snr_validation.{md,json,png}
+    python benchmarks/snr_validation.py --quick         # tiny smoke run (CI)
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import io
+import json
+import math
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common
+from latent_convergence_plan import CONVERGED, Job, Sizes, std_overrides
+from latent_convergence_runs import prepare_latents, run_job
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "snr_validation"
+DOCS = ROOT / "docs" / "benchmarks"
+LR = 3e-3
+LR_SOURCE = "latent_convergence lr sweep: sit's best on the scaled mnist-ae latents (3e-3), kept for all data"
+SCALES = (0.25, 0.5, 1.0, 2.0, 4.0)
+LAWS = ("lognorm", "uniform")
+SEEDS = (0, 1, 2)
+SHIFT_KS = (0.5, 2.0)
+SIZES = Sizes(1050, 525)
+QUICK_SIZES = Sizes(2, 2, (), "DiT-Mi/2", 8, 50, 4, 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSet:
+    """A data set of the protocol and the DiT that trains on it (``source_of``: what the trainer reads)."""
+
+    name: str
+    label: str
+    model: str
+    built: bool = True
+
+
+DATASETS = {
+    "latents-raw": DataSet("latents-raw", "(a) mnist-ae latents without scaling_factor", "DiT-Ti/2"),
+    "ae-wide": DataSet("ae-wide", "(b) a second autoencoder, raw latent std far from 1", "DiT-Ti/2", False),
+    "pixels": DataSet("pixels", "(c) MNIST pixels in [-1, 1]", "DiT-Ti/4"),
+}
+
+
+def source_of(args: argparse.Namespace, data: str) -> tuple[str, float, str]:
+    """(what the trainer reads, the multiplier from it to the raw data, a description of the data)."""
+    if data == "latents-raw":
+        lat = prepare_latents(args)
+        return args.latents, 1.0 / float(lat["scaling_factor"]), "mnist-ae latents × 1/scaling_factor"
+    if data == "pixels":
+        return ("digits" if args.quick else "mnist"), 1.0, "embedded MNIST training digits in [-1, 1]"
+    raise SystemExit(f"data set {data!r} is not built yet")
+
+
+def recommendation(args: argparse.Namespace, data: str, law: str) -> dict[str, Any]:
+    """``fasterdit snr --recommend`` for the law on the raw data (the real command), cached in the results."""
+    from fasterdit.cli import main as cli
+    from fasterdit.diffusion.recipe import get_preset
+
+    path = Path(args.results) / "recommend.json"
+    saved = json.loads(path.read_text()) if path.is_file() else {}
+    key = f"{data}/{law}"
+    if key in saved:
+        return saved[key]
+    source, raw, _ = source_of(args, data)
+    yml = Path(args.work) / f"{data}-{law}-raw.yaml"
+    yml.parent.mkdir(parents=True, exist_ok=True)
+    get_preset("sit").updated(std_overrides(law, raw)).to_yaml(yml)
+    argv = ["snr", "--recipe", str(yml), "--data", source, "--recommend", "--mc", "0", "--json"]
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        if cli(argv) != 0:
+            raise SystemExit(f"fasterdit {' '.join(argv)} failed")
+    rec = json.loads(buf.getvalue())["curves"][0]["recommendation"]
+    saved[key] = {
+        "k": rec["k"],
+        "time_shift": rec["time_shift"],
+        "raw_std": rec["effective_std_before"],  # the measured std x the multiplier to the raw data
+        "median_before_nats": rec["median_before_nats"],
+        "command": f"fasterdit snr --recipe <sit + {law}, data x {raw:.4g}> --data {data} --recommend",
+    }
+    common.write_json(path, saved)
+    return saved[key]
+
+
+def job_for(args, data: str, law: str, k: float, seed: int, part: str, time_shift: float = 1.0) -> Job:
+    source, raw, desc = source_of(args, data)
+    ov = std_overrides(law, raw * k)
+    tag = f"k{k:.4g}" if time_shift == 1.0 else f"shift{time_shift:.4g}"
+    if time_shift != 1.0:
+        ov.update(time_shift=time_shift, name=f"{ov['name']}-shift{time_shift:g}")
+    sizes = QUICK_SIZES if args.quick else dataclasses.replace(SIZES, model=DATASETS[data].model)
+    job = Job(part, f"{data}-{law}-{tag}-s{seed}", f"flow-{law}", "sit", ov, seed, LR, LR_SOURCE, sizes)
+    job.extra.update(law=law, k=k, time_shift=time_shift, source=source, data=f"{data}: {desc}")
+    job.extra["converged"] = CONVERGED["flow"]
+    return job
+
+
+def finished(args: argparse.Namespace, part: str) -> list[dict[str, Any]]:
+    d = Path(args.results) / part
+    return [json.loads(p.read_text()) for p in sorted(d.glob("*.json"))] if d.is_dir() else []
+
+
+def final_fid(m: dict[str, Any]) -> float:
+    return float(m["evals"][-1]["fid"]) if m["status"] == "ok" and m["evals"] else math.inf
+
+
+def sweep_of(args: argparse.Namespace, data: str, law: str) -> dict[float, dict[str, Any]]:
+    runs = [m for m in finished(args, "sweep") if m["name"].startswith(f"{data}-{law}-")]
+    return {float(m["settings"]["k"]): m for m in runs}
+
+
+def plan(args: argparse.Namespace, part: str, data: str, law: str) -> list[Job]:
+    if part == "sweep":
+        return [job_for(args, data, law, k, 0, part) for k in (SCALES[1:4:2] if args.quick else SCALES)]
+    if part == "seeds":
+        sweep = sweep_of(args, data, law)
+        if len(sweep) < (2 if args.quick else len(SCALES)):
+            raise SystemExit(f"{data}/{law}: run --part sweep first ({len(sweep)} of {len(SCALES)} done)")
+        best = min(sweep, key=lambda k: final_fid(sweep[k]))
+        rec = recommendation(args, data, law)["k"]
+        seeds = SEEDS[:2] if args.quick else SEEDS
+        ks = [best] + ([rec] if abs(math.log(rec / best)) > 1e-9 else [])
+        # seed 0 of the best point is its sweep run
+        return [
+            job_for(args, data, law, k, s, "sweep" if (s, k) == (0, best) else part)
+            for k in ks
+            for s in seeds
+        ]
+    # shift: data x k against time shift 1/k, on (a) with lognorm
+    seeds = SEEDS[:1] if args.quick else SEEDS
+    jobs = []
+    for k in SHIFT_KS:
+        for s in seeds:
+            jobs.append(job_for(args, "latents-raw", "lognorm", k, s, "shift"))
+            jobs.append(job_for(args, "latents-raw", "lognorm", 1.0, s, "shift", time_shift=1.0 / k))
+    return jobs
+
+
+def run(args: argparse.Namespace) -> None:
+    import snr_validation_report as report
+
+    datas = args.data.split(",") if args.data else [d for d, v in DATASETS.items() if v.built]
+    laws = args.law.split(",") if args.law else list(LAWS)
+    for part in args.part.split(","):
+        pairs = [("latents-raw", "lognorm")] if part == "shift" else [(d, w) for d in datas for w in laws]
+        for data, law in pairs:
+            for job in plan(args, part, data, law):
+                run_job(args, job, {"source": job.extra["source"]})
+    report.write(args)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--part", help="sweep, seeds, shift (comma-separated, in that order)")
+    p.add_argument("--data", help=f"data sets ({', '.join(DATASETS)}; default: every built one)")
+    p.add_argument("--law", help="lognorm, uniform (default both)")
+    p.add_argument("--report", action="store_true", help="assemble the report from the metrics files")
+    p.add_argument("--quick", action="store_true", help="tiny smoke run of every part; temp dirs")
+    p.add_argument("--fresh", action="store_true", help="rerun runs whose metrics file exists")
+    p.add_argument("--keep-checkpoints", action="store_true", help="keep every checkpoint of a run")
+    p.add_argument("--work", default="/tmp/snr_validation", help="run dirs and latents (outside the repo)")
+    p.add_argument("--latents", default=None, help="prepared mnist-ae latents (default WORK/mnist-latent)")
+    p.add_argument("--results", default=str(RESULTS), help="metrics files")
+    p.add_argument("--docs", default=str(DOCS), help="where the report goes")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (1: on a shared 2-core machine OpenMP threads spin against each other)",
+    )
+    args = p.parse_args(argv)
+    if args.quick:
+        tmp = Path(tempfile.mkdtemp(prefix="snr_validation_quick_"))
+        args.work, args.results, args.docs = str(tmp / "work"), str(tmp / "results"), str(tmp / "docs")
+        args.part = args.part or "sweep,seeds,shift"
+    args.latents = args.latents or str(Path(args.work) / "mnist-latent")
+    if not (args.part or args.report):
+        p.error("give --part, --report or --quick")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    common.set_argv(argv)
+    args = parse_args(argv)
+    common.setup_torch(args.threads)
+    if args.part:
+        run(args)
+    else:
+        import snr_validation_report as report
+
+        report.write(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,226 @@
+"""The report of ``snr_validation.py``: ``docs/benchmarks/snr_validation.{md,json,png}`` from whatever metrics
+files exist (a case whose runs have not run is listed as such, never guessed).
+
+``snr_validation.json`` holds ``cases``, one per (data, law), each with exactly the keys the issue fixes:
+``data``, ``law``, ``raw_std``, ``best_scale``, ``recommended_scale``, ``fid_best``, ``fid_recommended``,
+``fid_default``, ``seed_spread`` (None where not measured yet); the readings and the runs sit beside them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import common
+import snr_validation as sv
+
+CASE_KEYS = (
+    "data",
+    "law",
+    "raw_std",
+    "best_scale",
+    "recommended_scale",
+    "fid_best",
+    "fid_recommended",
+    "fid_default",
+    "seed_spread",
+)
+
+
+def _runs_at(args: argparse.Namespace, data: str, law: str, k: float) -> list[dict[str, Any]]:
+    """Every finished run of (data, law) at scale k, no shift, any seed (sweep and seeds parts)."""
+    out = []
+    for part in ("sweep", "seeds"):
+        for m in sv.finished(args, part):
+            s = m["settings"]
+            same = m["name"].startswith(f"{data}-{law}-") and s.get("time_shift", 1.0) == 1.0
+            if same and math.isclose(float(s["k"]), k, rel_tol=1e-9):
+                out.append(m)
+    return sorted(out, key=lambda m: m["seed"])
+
+
+def _mean_fid(runs: list[dict[str, Any]]) -> float | None:
+    fids = [sv.final_fid(m) for m in runs]
+    return statistics.fmean(fids) if fids else None
+
+
+def case(args: argparse.Namespace, data: str, law: str) -> dict[str, Any]:
+    sweep = sv.sweep_of(args, data, law)
+    rec_path = Path(args.results) / "recommend.json"
+    recs = json.loads(rec_path.read_text()) if rec_path.is_file() else {}
+    rec = recs.get(f"{data}/{law}")
+    out: dict[str, Any] = dict.fromkeys(CASE_KEYS)
+    out.update(data=data, law=law, raw_std=rec["raw_std"] if rec else None)
+    out["recommended_scale"] = rec["k"] if rec else None
+    out["sweep"] = {f"{k:g}": sv.final_fid(m) for k, m in sorted(sweep.items())}
+    if not sweep:
+        out["status"] = "not run"
+        return out
+    best = min(sweep, key=lambda k: sv.final_fid(sweep[k]))
+    at_best = _runs_at(args, data, law, best)
+    out["best_scale"] = best
+    out["fid_best"] = _mean_fid(at_best)
+    out["fid_default"] = sv.final_fid(sweep[1.0]) if 1.0 in sweep else None
+    if len(at_best) >= 2:
+        fids = [sv.final_fid(m) for m in at_best]
+        out["seed_spread"] = max(fids) - min(fids)
+    if rec:
+        at_rec = _runs_at(args, data, law, rec["k"])
+        out["fid_recommended"] = _mean_fid(at_rec)
+        out["seeds"] = {"best": [m["seed"] for m in at_best], "recommended": [m["seed"] for m in at_rec]}
+    out["status"] = "complete" if len(at_best) >= 3 and out["fid_recommended"] is not None else "partial"
+    out["verdict"] = verdict(out)
+    return out
+
+
+def verdict(c: dict[str, Any]) -> str:
+    """The goal of the protocol, read plainly."""
+    if c["fid_recommended"] is None or c["seed_spread"] is None:
+        return "not measured yet (needs the seeds part)"
+    gap = c["fid_recommended"] - c["fid_best"]
+    within = gap <= c["seed_spread"]
+    parts = [f"recommended − best = {gap:+.3g} vs seed spread {c['seed_spread']:.3g}: "
+             + ("within the noise (goal met)" if within else "MISSED (worse than the noise)")]  # fmt: skip
+    if c["fid_default"] is not None and abs(math.log(c["raw_std"])) > math.log(1.4):
+        beat = c["fid_default"] - c["fid_recommended"]
+        parts.append(
+            f"×1 − recommended = {beat:+.3g}: "
+            + ("better than ×1 beyond the noise" if beat > c["seed_spread"] else "NOT beyond the noise")
+        )
+    return "; ".join(parts)
+
+
+def shift_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
+    rows = []
+    for k in sv.SHIFT_KS:
+        scale = [
+            m for m in sv.finished(args, "shift") if m["name"].startswith(f"latents-raw-lognorm-k{k:.4g}-")
+        ]
+        shift = [
+            m
+            for m in sv.finished(args, "shift")
+            if m["name"].startswith(f"latents-raw-lognorm-shift{1 / k:.4g}-")
+        ]
+        rows.append(
+            {
+                "k": k,
+                "time_shift": 1 / k,
+                "fid_scale": [sv.final_fid(m) for m in scale],
+                "fid_shift": [sv.final_fid(m) for m in shift],
+            }
+        )
+    return rows
+
+
+def _plot(cases: list[dict[str, Any]], path: Path) -> Path | None:
+    done = [c for c in cases if c["sweep"]]
+    if not done:
+        return None
+    plt = common.pyplot()
+    fig, axes = plt.subplots(1, len(done), figsize=(4.2 * len(done), 3.4), squeeze=False)
+    for ax, c in zip(axes[0], done, strict=True):
+        ks = [float(k) for k in c["sweep"]]
+        ax.plot(ks, list(c["sweep"].values()), "o-", label="sweep (seed 0)")
+        if c["recommended_scale"]:
+            ax.axvline(c["recommended_scale"], color="#d62728", ls="--", label="snr --recommend")
+        ax.axvline(1.0, color="grey", ls=":", label="×1 (raw)")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("data scale k (× raw data)")
+        ax.set_ylabel("FID-clf (final)")
+        ax.set_title(f"{c['data']}, {c['law']}", fontsize=9)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _fmt(v: Any) -> str:
+    return "–" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def write(args: argparse.Namespace) -> Path:
+    datas = [d for d in sv.DATASETS]
+    cases = [case(args, d, w) for d in datas for w in sv.LAWS]
+    docs = Path(args.docs)
+    docs.mkdir(parents=True, exist_ok=True)
+    png = _plot(cases, docs / "snr_validation.png")
+    shift = shift_rows(args)
+    data = {
+        "cases": [{k: c[k] for k in CASE_KEYS} for c in cases],
+        "readings": [
+            {k: v for k, v in c.items() if k not in CASE_KEYS} | {"data": c["data"], "law": c["law"]}
+            for c in cases
+        ],
+        "scale_vs_shift": shift,
+        "protocol": sv.__doc__,
+        "lr": sv.LR,
+        "lr_source": sv.LR_SOURCE,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "machine": common.machine_facts(),
+    }
+    common.write_json(docs / "snr_validation.json", data)
+    rows = [[c["data"], c["law"], _fmt(c["raw_std"]), _fmt(c["best_scale"]), _fmt(c["recommended_scale"]),
+             _fmt(c["fid_best"]), _fmt(c["fid_recommended"]), _fmt(c["fid_default"]), _fmt(c["seed_spread"]),
+             c["status"]] for c in cases]  # fmt: skip
+    lines = [
+        "# Does `snr --recommend` pick the best data scale? (issue #26)",
+        "",
+        f"Generated by `python benchmarks/snr_validation.py --report` on {data['date']}; "
+        f"per-run metrics in `benchmarks/results/snr_validation/`.",
+        "",
+        "## Protocol (written before the runs)",
+        "",
+        sv.__doc__.split("Protocol (written before any run of it):", 1)[1].split("Parts,")[0].strip(),
+        "",
+        "## Cases",
+        "",
+        common.md_table(
+            [
+                "data",
+                "law",
+                "raw std",
+                "best k",
+                "recommended k",
+                "FID best",
+                "FID rec.",
+                "FID ×1",
+                "seed spread",
+                "status",
+            ],
+            rows,
+        ),
+        "",
+        *[
+            f"* **{c['data']}, {c['law']}**: {c.get('verdict', c['status'])}; sweep (k: FID) "
+            + ", ".join(f"{k}: {v:.3g}" for k, v in c["sweep"].items())
+            for c in cases
+        ],
+        "",
+        "## Scale against shift (same PDF, different parametrisation)",
+        "",
+        common.md_table(
+            ["k", "time shift 1/k", "FID, data × k (seeds)", "FID, shift 1/k (seeds)"],
+            [
+                [
+                    _fmt(r["k"]),
+                    _fmt(r["time_shift"]),
+                    ", ".join(f"{v:.3g}" for v in r["fid_scale"]) or "not run",
+                    ", ".join(f"{v:.3g}" for v in r["fid_shift"]) or "not run",
+                ]
+                for r in shift
+            ],
+        ),
+        "",
+    ]
+    if png is not None:
+        lines += ["![FID against data scale](snr_validation.png)", ""]
+    md = docs / "snr_validation.md"
+    md.write_text("\n".join(lines) + "\n")
+    common.log(f"wrote {md}")
+    return md
