@@ -204,7 +204,7 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 def tests_section(tests: dict[str, Any] | None) -> list[str]:
-    L = ["## CUDA tests (`tests/test_cuda.py`, marker `cuda`)\n"]
+    L = ["## CUDA tests (marker `cuda`: `tests/test_cuda.py` and the `cuda` cases of other test files)\n"]
     if tests is None:
         return [*L, "Not run in this invocation (no `--tests-junit` or `--tests-log` file).\n"]
     counts = ", ".join(f"{n} {k}" for k, n in sorted(tests["counts"].items()))

@@ -6,7 +6,9 @@ model and EMA safetensors with ``torch.equal``::
 
     PYTHONPATH=/old/src python benchmarks/refactor_check.py train /tmp/before
     PYTHONPATH=/new/src python benchmarks/refactor_check.py train /tmp/after
-    python benchmarks/refactor_check.py compare /tmp/before /tmp/after
+    python benchmarks/refactor_check.py compare /tmp/before /tmp/after [--report FILE.md]
+
+``--report`` also writes what was compared and the verdict (for the record of a refactor's issue).
 """
 
 from __future__ import annotations
@@ -46,30 +48,48 @@ def final_checkpoint(run_dir: Path) -> Path:
     return steps[-1]
 
 
-def compare(a: Path, b: Path) -> int:
+def compare(a: Path, b: Path, report: Path | None = None) -> int:
     """0 when the final model and EMA weights of both runs are bit-identical."""
     import torch
     from safetensors.torch import load_file
 
+    lines: list[str] = []
+
+    def say(text: str) -> None:
+        print(text)
+        lines.append(text)
+
     ca, cb = final_checkpoint(a), final_checkpoint(b)
-    print(f"before: {ca}\nafter:  {cb}")
+    say(f"before: {ca}\nafter:  {cb}")
     if ca.name != cb.name:
-        print(f"DIFFERENT final steps: {ca.name} vs {cb.name}")
+        say(f"DIFFERENT final steps: {ca.name} vs {cb.name}")
         return 1
     bad = 0
     for part in ("model", "ema"):
         sa, sb = load_file(ca / f"{part}.safetensors"), load_file(cb / f"{part}.safetensors")
         if sa.keys() != sb.keys():
-            print(f"{part}: DIFFERENT tensor names")
+            say(f"{part}: DIFFERENT tensor names")
             bad += 1
             continue
         diff = [k for k in sa if not torch.equal(sa[k], sb[k])]
-        print(
+        say(
             f"{part}: {len(sa)} tensors, {sum(v.numel() for v in sa.values())} values, "
             + ("all bit-identical" if not diff else f"{len(diff)} DIFFER: {diff[:5]}")
         )
         bad += bool(diff)
-    print("IDENTICAL" if not bad else "NOT IDENTICAL")
+    say("IDENTICAL" if not bad else "NOT IDENTICAL")
+    if report is not None:
+        import time
+
+        head = [
+            "# Refactor check: 200 training steps before and after",
+            "",
+            f"`python benchmarks/refactor_check.py compare {a} {b}`, {time.strftime('%Y-%m-%d %H:%M %Z')}. "
+            f"The run: `fasterdit train --config demo` with {', '.join(OVERRIDES)}.",
+            "",
+            "```",
+        ]
+        report.write_text("\n".join([*head, *lines, "```", ""]))
     return int(bool(bad))
 
 
@@ -80,11 +100,12 @@ def main() -> int:
     c = sub.add_parser("compare")
     c.add_argument("before", type=Path)
     c.add_argument("after", type=Path)
+    c.add_argument("--report", type=Path, help="also write the comparison as Markdown")
     args = p.parse_args()
     if args.cmd == "train":
         train(args.run_dir)
         return 0
-    return compare(args.before, args.after)
+    return compare(args.before, args.after, args.report)
 
 
 if __name__ == "__main__":

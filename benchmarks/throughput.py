@@ -9,7 +9,10 @@ For each model it measures, in the same process and one after another:
   recipe, timed per optimizer step through the trainer's ``after_step_hook``;
 * ``dit-recipe step``: the same trainer with the ``dit`` recipe (the same loss as the baseline, so the
   ratio to the baseline isolates implementation speed from recipe cost);
-* optionally the fasterdit step with ``train.compile=true`` (``--compile``).
+* optionally the fasterdit step with ``train.compile=true`` (``--compile``);
+* the EMA update alone (``time_ema``): the trainer's one fused ``lerp`` (``EMA.update`` with its device
+  skip flag) against the ``sub``/``mul``/``add`` chain it replaced, which swept the weights 8 times and
+  allocated a model-sized temporary; ``--ema-only`` times just this, in seconds.
 
 Achieved FLOP/s use the analytic training FLOPs of ``fasterdit.models.cost.estimate_cost`` (matmuls
 only, forward + backward = 3 × forward) divided by the measured step time; the peak is the best rate
@@ -22,6 +25,7 @@ spread of the rounds beside it: a ratio then compares steps measured a few secon
 
     python benchmarks/throughput.py --compile  # full run (≈ 10 min on a quiet 2-core CPU)
     python benchmarks/throughput.py --quick    # ≈ 20 s smoke run; report to a temporary directory
+    python benchmarks/throughput.py --ema-only --out /tmp/ema   # the EMA update alone, a few seconds
 
 The code is split by job: this file measures (and is the command line); ``throughput_report.py`` writes
 the report.
@@ -204,6 +208,53 @@ def time_baseline(model: str, dataset: str, batch: int, steps: int) -> dict[str,
     }
 
 
+def _ema_chain_(ema: list[torch.Tensor], src: list[torch.Tensor], w: torch.Tensor) -> None:
+    """The EMA update before the fused lerp (kept here as the reference it is timed against): a temporary
+    as large as the model and 8 sweeps (sub: 3, mul: 2, add: 3)."""
+    diff = torch._foreach_sub(src, ema)
+    torch._foreach_mul_(diff, w)
+    torch._foreach_add_(ema, diff)
+
+
+def time_ema(model: str, dataset: str, reps: int) -> dict[str, Any]:
+    """Seconds per EMA update of ``model``'s weights, the trainer's (``EMA.update(ok=...)``, one fused
+    lerp) and the chain it replaced, in interleaved repetitions: the fastest of each (the least disturbed
+    on a shared machine) and the median."""
+    from fasterdit.data.embedded import load_embedded
+    from fasterdit.models import create_model
+    from fasterdit.train.ema import EMA
+
+    images, _ = load_embedded(dataset, "train")
+    torch.manual_seed(0)
+    net = create_model(model, input_size=images.shape[-1], in_channels=images.shape[1], num_classes=10)
+    ema = EMA(net, decay=0.9999)
+    chain = [p.detach().clone() for p in net.parameters()]  # the chain's EMA, equal to the EMA's at the start
+    with torch.no_grad():
+        for p in net.parameters():  # a distance to move: the EMA starts equal to the weights
+            p.add_(0.01 * torch.randn_like(p))
+    params = [p.detach() for p in net.parameters()]
+    ok = torch.ones((), dtype=torch.bool)
+    w = ok.float() * (1.0 - ema.decay)
+    times: dict[str, list[float]] = {"fused lerp (EMA.update)": [], "sub/mul/add chain (before)": []}
+    for _ in range(reps + 1):  # the first repetition warms the allocator and caches; not counted
+        t0 = time.perf_counter()
+        ema.update(ok=ok)
+        t1 = time.perf_counter()
+        _ema_chain_(chain, params, w)
+        t2 = time.perf_counter()
+        times["fused lerp (EMA.update)"].append(t1 - t0)
+        times["sub/mul/add chain (before)"].append(t2 - t1)
+    n = sum(p.numel() for p in params)
+    return {
+        "model": model,
+        "params": n,
+        "tensors": len(params),
+        "seconds": {k: min(v[1:]) for k, v in times.items()},
+        "median_seconds": {k: statistics.median(v[1:]) for k, v in times.items()},
+        "reps": reps,
+    }
+
+
 # ----------------------------------------------------------------------------------------------------
 # main
 # ----------------------------------------------------------------------------------------------------
@@ -222,6 +273,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--out", default=None)
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--ema-only", action="store_true", help="time only the EMA update (a few seconds)")
     args = p.parse_args(argv)
     if args.out is None:
         args.out = tempfile.mkdtemp(prefix="fasterdit-tp-report-") if args.quick else str(common.DOCS)
@@ -237,6 +289,17 @@ def main(argv: list[str] | None = None) -> int:
     models = {k: MODELS[k] for k in args.models.split(",")}
     if args.quick:
         models = {"bench": ("DiT-Mi/2", "digits", 32, 4)}
+    ema = {
+        label: time_ema(model, dataset, 3 if args.quick else 20)
+        for label, (model, dataset, _, _) in models.items()
+    }
+    for label, e in ema.items():
+        common.log(
+            f"{label} {e['model']} EMA update: "
+            + ", ".join(f"{k} {1e3 * v:.2f} ms" for k, v in e["seconds"].items())
+        )
+    if args.ema_only:
+        return 0
     peak = peak_matmul((512, 1024) if args.quick else (1024, 2048), reps=3 if args.quick else 6)
     peak_best = max(peak.values())
     sizes = {n: round(v / 1e9, 1) for n, v in peak.items()}
@@ -294,6 +357,7 @@ def main(argv: list[str] | None = None) -> int:
         "peak_flops": peak,
         "peak_best": peak_best,
         "results": results,
+        "ema": ema,
         "wall_seconds": wall,
         "command": common.command_line(__file__),
     }

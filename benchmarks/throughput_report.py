@@ -203,6 +203,7 @@ def report(args, raw: dict[str, Any], profiles: dict[str, Any], out: Path) -> Pa
         L.append("")
     png = plot(results, peak_best, out / "throughput.png")
     L.append(f"![throughput]({png.name})\n")
+    L.extend(ema_section(raw["ema"]))
     L.extend(verdict(results, peak_best, profiles))
     for label, prof in profiles.items():
         if prof is None:
@@ -218,6 +219,37 @@ def report(args, raw: dict[str, Any], profiles: dict[str, Any], out: Path) -> Pa
     md = out / "throughput.md"
     md.write_text("\n".join(L) + "\n")
     return md
+
+
+def ema_section(ema: dict[str, Any]) -> list[str]:
+    """The EMA update alone: the trainer's fused lerp against the sub/mul/add chain it replaced."""
+    L = ["## The EMA update\n"]
+    L.append(
+        f"One EMA update of each model's weights, the fastest of {next(iter(ema.values()))['reps']} "
+        "interleaved repetitions (the median in parentheses): `EMA.update` (one `lerp` per tensor, weight "
+        "(1 − decay)·ok on the device: it reads the EMA and the weights and writes the EMA, 3 sweeps) "
+        "against the chain it replaced (`_foreach_sub`, `_foreach_mul_`, `_foreach_add_` with a model-sized "
+        "temporary: 8 sweeps).\n"
+    )
+    rows = []
+    keys = ("sub/mul/add chain (before)", "fused lerp (EMA.update)")
+    for label, e in ema.items():
+        (old, new), (med_old, med_new) = (
+            [e[stat][k] for k in keys] for stat in ("seconds", "median_seconds")
+        )
+        rows.append(
+            [
+                f"{label}: `{e['model']}`",
+                e["params"],
+                e["tensors"],
+                f"{old * 1e3:.3g} ({med_old * 1e3:.3g})",
+                f"{new * 1e3:.3g} ({med_new * 1e3:.3g})",
+                f"{old / new:.2f}× ({med_old / med_new:.2f}×)",
+            ]
+        )
+    L.append(common.md_table(["model", "parameters", "tensors", "chain ms", "lerp ms", "chain ÷ lerp"], rows))
+    L.append("")
+    return L
 
 
 def verdict(results: dict[str, Any], peak: float, profiles: dict[str, Any]) -> list[str]:

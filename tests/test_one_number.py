@@ -133,3 +133,20 @@ def test_sampler_opts_are_checked_against_the_sampler(run_dir):
         resolve_sampling("sample", lm, SamplingFlags(sampler="euler", sampler_opts={"eta": 0.5}))
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         parse_sampler_opts(["atol"])
+
+
+def test_auto_precision_is_the_runs_own_on_cuda():
+    """#30 item 7: the trainer's evaluation and `fasterdit eval` sample in the run's training precision."""
+    import torch
+
+    from fasterdit.generate.job import resolve_precision
+    from fasterdit.run.config import TrainConfig
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert resolve_precision("auto", cuda, TrainConfig(precision="bf16")) == "bf16"
+    assert resolve_precision("auto", cuda, TrainConfig(precision="auto")) == "bf16"
+    assert resolve_precision("auto", cuda, TrainConfig(precision="fp32", tf32=True)) == "tf32"
+    assert resolve_precision("auto", cuda, TrainConfig(precision="fp32", tf32=False)) == "fp32"
+    assert resolve_precision("auto", cuda, None) == "bf16"  # an official checkpoint
+    assert resolve_precision("auto", cpu, TrainConfig(precision="bf16")) == "fp32"
+    assert resolve_precision("fp64", cuda, TrainConfig()) == "fp64"  # a flag wins

@@ -539,13 +539,13 @@ CTRL_C = textwrap.dedent(
     from fasterdit.cli import main
     from fasterdit.run import checkpoint as ck
 
-    real = ck._save_torch
+    real = ck.write_torch
 
     def slow(obj, path):  # the save after the first Ctrl-C takes a while: the second one lands in it
         time.sleep(5)
-        real(obj, path)
+        return real(obj, path)
 
-    ck._save_torch = slow
+    ck.write_torch = slow
     sys.exit(main(sys.argv[1:]))
     """
 )

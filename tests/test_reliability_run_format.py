@@ -11,24 +11,34 @@ permissions, a damaged meta.json, and leftovers of a restarted job.
 10. A restarted job (torchrun ``--max-restarts``, or a rerun after ``kill -9``) removes the temporary
     files and directories the dead attempt left in the run directory before it writes anything.
 
+Issue 30, item 5 (the stop checkpoint against torchrun's SIGKILL): the SHA-256 that meta.json records is
+taken while each file is written, and is that of the file as read back; a checkpoint killed between its
+files (weights written, training state not) is never taken for a checkpoint, and the next start removes it.
+
 Everything goes through the real code: real checkpoints written by the trainer and by
 ``save_checkpoint``, ``fasterdit sample`` and ``fasterdit train`` through ``fasterdit.cli.main``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import stat
+import subprocess
+import sys
+import textwrap
 import threading
 from pathlib import Path
 
 import pytest
+from safetensors.torch import load_file
 
 from fasterdit.cli import main
 from fasterdit.generate import load_trained
 from fasterdit.run import checkpoint as ck
+from fasterdit.runtime import hashed
 from tiny_run import TINY_RUN, train_cli
 
 BASE = [*TINY_RUN, "log.keep_last=2"]
@@ -308,3 +318,89 @@ def test_a_restart_removes_what_the_dead_attempt_left(run_copy, capsys):
     assert "step-000000004 (step 4)" in err  # resumed from the intact checkpoint, not the leftovers
     assert [ck.checkpoint_step(p) for p in ck.list_checkpoints(run_copy)] == [4, 6]
     assert not [p for p in run_copy.rglob(".tmp-*")] and not [p for p in ckpts.iterdir() if p.name[0] == "."]
+
+
+# ---------------------------------------------------------------------------------------------------
+# issue 30, item 5: checksums taken while writing; a checkpoint killed between its files
+# ---------------------------------------------------------------------------------------------------
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_the_sha256_taken_while_writing_is_that_of_the_file_read_back(run_copy, monkeypatch):
+    meta = ck.read_meta(run_copy / CKPT4)  # written by the trainer
+    assert meta["sha256"] == {n: file_sha256(run_copy / CKPT4 / n) for n in meta["files"]}
+    # small chunks and a short queue: many chunks, the writer waiting for the hashing thread
+    monkeypatch.setattr(hashed, "CHUNK", 4096)
+    monkeypatch.setattr(hashed, "QUEUED", 2)
+    again = ck.save_checkpoint(run_copy / "again", 4, keep_last=None, **saved_parts(run_copy / CKPT4))
+    meta = ck.read_meta(again)
+    assert meta["sha256"] == {n: file_sha256(again / n) for n in meta["files"]}
+    assert set(meta["files"]) == {"ema.safetensors", "model.safetensors", "state.pt"}
+    ck.verify_checkpoint(again)
+    assert not [t for t in threading.enumerate() if t.name == "fasterdit-sha256"]
+
+
+def test_safetensors_written_as_a_stream_load_back_and_match_save_file(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(0)
+    fp32 = {"b.weight": torch.randn(7, 5, generator=g), "a.bias": torch.randn(3, generator=g),
+            "scalar": torch.tensor(2.5), "empty": torch.zeros(0, 4)}  # fmt: skip
+    digest = hashed.write_tensors(fp32, tmp_path / "ours.safetensors")
+    save_file(fp32, str(tmp_path / "ref.safetensors"))
+    ours = (tmp_path / "ours.safetensors").read_bytes()
+    assert ours == (tmp_path / "ref.safetensors").read_bytes()  # the checkpoints' case: fp32 weights
+    assert digest == hashlib.sha256(ours).hexdigest()
+    mixed = {
+        **fp32,
+        "half": torch.randn(4, 4, generator=g).half(),
+        "bf": torch.randn(6, generator=g).bfloat16(),
+        "steps": torch.arange(5),
+        "mask": torch.tensor([True, False, True]),
+        "u8": torch.arange(9).to(torch.uint8),
+    }
+    hashed.write_tensors(mixed, tmp_path / "mixed.safetensors")
+    back = load_file(tmp_path / "mixed.safetensors")
+    assert back.keys() == mixed.keys()
+    assert all(back[k].dtype == v.dtype and torch.equal(back[k], v) for k, v in mixed.items())
+
+
+KILLED_BETWEEN_FILES = textwrap.dedent(
+    """
+    import os, signal, sys
+    from fasterdit.cli import main
+    from fasterdit.run import checkpoint as ck
+
+    def killed(obj, path):  # the weights are written, the training state is next: SIGKILL now
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    ck.write_torch = killed
+    sys.exit(main(sys.argv[1:]))
+    """
+)
+
+
+def test_a_checkpoint_killed_between_its_files_is_not_taken_as_intact(run_copy, tmp_path):
+    script = tmp_path / "killed.py"
+    script.write_text(KILLED_BETWEEN_FILES)
+    cmd = train_cli([sys.executable, str(script)], run_copy, [*BASE, "train.steps=6", "log.ckpt_every=2"])
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == -9, proc.stdout[-2000:] + proc.stderr[-2000:]
+    ckpts = run_copy / "checkpoints"
+    [half] = [p for p in ckpts.iterdir() if p.name.startswith(".tmp-step-000000006")]
+    # weights first, what sampling needs: both complete; no training state, no meta.json
+    assert sorted(p.name for p in half.iterdir()) == ["ema.safetensors", "model.safetensors"]
+    assert load_file(half / "ema.safetensors").keys() == load_file(half / "model.safetensors").keys()
+    # not a checkpoint to any reader: the latest, the candidates, sample/eval loading
+    assert ck.checkpoint_step(ck.latest_checkpoint(run_copy)) == 4
+    assert half not in ck.candidates(run_copy) and half not in ck.list_checkpoints(run_copy)
+    assert load_trained(run_copy).step == 4
+    # the next start removes it and resumes from the intact checkpoint
+    assert main(train_args(run_copy, 6)) == 0
+    assert not half.exists()
+    assert [ck.checkpoint_step(p) for p in ck.list_checkpoints(run_copy)] == [4, 6]

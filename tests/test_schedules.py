@@ -172,6 +172,66 @@ def test_posterior_tables_match_adm_formulas():
     )
 
 
+def test_posterior_tables_reach_a_device_once_per_dtype():
+    """The loss reads the tables every micro-step: they are cast and copied once per (device, dtype) and
+    kept, never sent again (a copy from host memory would block the host on CUDA; issue 30)."""
+    s = get_schedule("ddpm-linear")
+    host = ddpm_posterior(s)
+    f32 = ddpm_posterior(s, torch.device("cpu"), torch.float32)
+    assert ddpm_posterior(s, "cpu", torch.float32) is f32 and ddpm_posterior(s, "cpu") is host
+    assert f32.keys() == host.keys()
+    for k, v in f32.items():  # the float64 tables, rounded once to float32
+        assert v.dtype == torch.float32 and torch.equal(v, host[k].float()), k
+    meta = ddpm_posterior(s, "meta", torch.float32)  # another device: a copy of its own, made once
+    assert ddpm_posterior(s, torch.device("meta"), torch.float32) is meta
+    assert {v.device.type for v in meta.values()} == {"meta"} and host["betas"].device.type == "cpu"
+
+
+def _newton_until_converged(s, lam: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """DDPMLinear's inverse as it was before issue 30: Newton from the same start, stopped by the host once
+    every step is below the tolerance (up to 50 steps); also the number of steps it took."""
+    target = -torch.nn.functional.softplus(-lam)
+    n_max, b0 = float(s.num_steps), s.params["beta_start"]
+    n = ((torch.sqrt(b0 * b0 - 2.0 * s._delta * target) - b0) / s._delta).clamp(0.0, n_max)
+    n = torch.where(torch.isfinite(n), n, torch.full_like(n, n_max))
+    taken = 0
+    while taken < 50:
+        g = s._log_abar_n(n) - target
+        step = torch.where(torch.isfinite(target), g / (s._log_delta + torch.digamma(s._A + 1.0 - n)), 0.0)
+        n, taken = (n - step).clamp(0.0, n_max), taken + 1
+        if bool((step.abs() <= 1e-10 * n_max).all()):
+            break
+    return torch.where(target == 0, torch.zeros_like(n), n) / s.num_steps, taken
+
+
+def test_ddpm_linear_inverse_takes_fixed_steps_without_asking_the_host(monkeypatch):
+    """The edm-lognormal law draws through this inverse every step: it runs NEWTON_STEPS steps with the
+    convergence test on the device, and equals Newton stopped at convergence, bit for bit."""
+    s = get_schedule("ddpm-linear")
+    lam = torch.cat(
+        [
+            torch.linspace(s.lambda_min, 40.0, 20001, dtype=F64),
+            torch.logspace(-12, 3, 300, dtype=F64).clamp(max=1e3),
+            -torch.logspace(-12, 1, 300, dtype=F64),
+            torch.tensor([math.inf], dtype=F64),
+        ]
+    )
+    ref, taken = _newton_until_converged(s, lam)
+    # per chunk, like the trainer's batches: the slowest value of each sets the steps
+    worst = max(_newton_until_converged(s, chunk)[1] for chunk in lam.split(256))
+    assert max(taken, worst) <= s.NEWTON_STEPS // 2, "the fixed count leaves a margin of 2x"
+    reads = []
+    monkeypatch.setattr(torch.Tensor, "__bool__", lambda t: reads.append(t) or bool(t.item()))
+    got = s._t_from_log_snr(lam)
+    chunks = torch.cat([s._t_from_log_snr(chunk) for chunk in lam.split(256)])
+    monkeypatch.undo()
+    assert reads == [], "the inverse asked the host whether Newton had converged"
+    assert torch.equal(got, ref)
+    assert torch.equal(chunks, torch.cat([_newton_until_converged(s, c)[0] for c in lam.split(256)]))
+    inside = lam < 30  # and it is the inverse: λ(t(λ)) = λ where λ(t) resolves t
+    assert torch.allclose(s.log_snr(got[inside]), lam[inside], rtol=1e-9, atol=1e-9)
+
+
 def test_bad_names_and_parameters_name_the_field():
     with pytest.raises(ConfigError, match="schedule") as e:
         get_schedule("ddpm-quadratic")

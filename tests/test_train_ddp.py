@@ -38,31 +38,22 @@ ARGS = [
 ]
 
 
+def _two_processes(run_dir, args: list[str], **env: str) -> subprocess.CompletedProcess:
+    """``fasterdit train`` on the demo config with ``args`` under torchrun, 2 processes (gloo)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    cmd += ["-m", "fasterdit", "train", "--config", "demo", "--run-dir", str(run_dir), "--no-progress"]
+    for a in args:
+        cmd += ["--set", a]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **env}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+
+
 def test_two_process_ddp_matches_one_process(tmp_path):
     single = tmp_path / "single"
     Trainer(load_config("demo", ARGS), single, install_signal_handlers=False).run()
 
     ddp = tmp_path / "ddp"
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        "-m",
-        "fasterdit",
-        "train",
-        "--config",
-        "demo",
-        "--run-dir",
-        str(ddp),
-        "--no-progress",
-    ]
-    for a in ARGS:
-        cmd += ["--set", a]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    proc = _two_processes(ddp, ARGS)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "2 process(es)" in proc.stdout + proc.stderr
 
@@ -92,5 +83,29 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path):
     assert acc.losses == pytest.approx(one.losses, rel=1e-5, abs=1e-6)
     sa = ck.load_tensors(ck.latest_checkpoint(tmp_path / "a1"), "model")
     sb = ck.load_tensors(ck.latest_checkpoint(tmp_path / "a4"), "model")
+    for k in sa:
+        torch.testing.assert_close(sb[k], sa[k], rtol=1e-4, atol=1e-5, msg=k)
+
+
+@pytest.mark.slow
+def test_two_process_ddp_compiled_with_grad_checkpointing_matches_one_process(tmp_path):
+    """``train.compile`` + ``model.grad_checkpointing`` under DDP: the DDP module is compiled, and dynamo's
+    DDP optimizer splits its graph at the gradient buckets, through checkpointed blocks (higher-order ops,
+    which some PyTorch versions rejected there). ``aot_eager`` runs that splitter as inductor would (it
+    splits before any backend compiles) without code generation; 2 steps keep the compile short."""
+    args = [*ARGS, "train.steps=2"]
+    single = Trainer(load_config("demo", args), tmp_path / "single", install_signal_handlers=False).run()
+    ddp = tmp_path / "ddp"
+    sets = [*args, "train.compile=true", "train.compile_backend=aot_eager", "model.grad_checkpointing=true"]
+    proc = _two_processes(ddp, sets, TORCH_LOGS="ddp_graphs")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-6000:]
+    assert "2 process(es)" in out
+    assert "---split graph---" in out and "tag_activation_checkpoint" in out, "the graph was not split"
+    losses = [r["loss"] for r in read_metrics(ddp, "train")]
+    assert losses == pytest.approx(single.losses, rel=1e-5, abs=1e-6)
+    a, b = ck.latest_checkpoint(tmp_path / "single"), ck.latest_checkpoint(ddp)
+    assert ck.checkpoint_step(a) == ck.checkpoint_step(b) == 2
+    sa, sb = ck.load_tensors(a, "model"), ck.load_tensors(b, "model")
     for k in sa:
         torch.testing.assert_close(sb[k], sa[k], rtol=1e-4, atol=1e-5, msg=k)

@@ -96,7 +96,7 @@ CRASH = textwrap.dedent(
     from fasterdit.run.config import load_config
     from fasterdit.train.trainer import Trainer
 
-    real = ck._save_torch
+    real = ck.write_torch
     calls = {"n": 0}
 
     def dying(obj, path):
@@ -107,9 +107,9 @@ CRASH = textwrap.dedent(
             with open(path, "r+b") as f:
                 f.truncate(size // 2)
             os.kill(os.getpid(), signal.SIGKILL)
-        real(obj, path)
+        return real(obj, path)
 
-    ck._save_torch = dying
+    ck.write_torch = dying
     cfg = load_config("demo", sys.argv[2:])
     Trainer(cfg, sys.argv[1], install_signal_handlers=False).run()
     """
@@ -160,7 +160,7 @@ def test_disk_full_while_saving_names_the_problem_and_keeps_previous(tmp_path, m
     def full(obj, path):
         raise OSError(28, "No space left on device", str(path))
 
-    monkeypatch.setattr(ck, "_save_torch", full)
+    monkeypatch.setattr(ck, "write_torch", full)
     full_msg = r"no space left on .* writing \S*step-000000004/state\.pt: [\d.]+ MB needed, [\d.]+ MB free"
     with pytest.raises(ck.CheckpointError, match=full_msg + r".*step-000000002 is intact"):
         run(tmp_path, 4, "log.ckpt_every=2")

@@ -138,7 +138,8 @@ def add_sampling_arguments(p: argparse.ArgumentParser, *, purpose: Purpose) -> N
         choices=("auto", "bf16", "tf32", "fp32", "fp64"),
         default="auto",
         help="bf16 autocast, fp32 with TF32 matmuls (DiT's sample_ddp.py), fp32, or fp64 (bytes that "
-        "no BLAS blocking can change) (default auto: bf16 on CUDA, fp32 on CPU)",
+        "no BLAS blocking can change) (default auto: on CUDA the run's training precision, bf16 for an "
+        "official checkpoint; fp32 on CPU)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(
@@ -240,7 +241,7 @@ def build_settings(
         resolved,
         label_mode=label_mode if num_classes else "uniform",
         labels=labels if num_classes else None,
-        precision=resolve_precision(args.precision, device),
+        precision=resolve_precision(args.precision, device, None if lm.official else lm.cfg.train),
     )
 
 

@@ -158,10 +158,10 @@ def dit_vb_terms(
     its log-variance is ``frac·ln β_i + (1 − frac)·ln β̃_i`` with ``frac = (v + 1)/2`` (learned range).
     Returns the KL to the true posterior for i > 0 and the decoder NLL at i = 0.
     """
-    tables = ddpm_posterior(sched)
+    tables = ddpm_posterior(sched, x0.device, x0.dtype)  # on the device already, after the first call
 
     def take(name: str) -> Tensor:
-        return expand_like(tables[name].to(x0.device)[index], x0)
+        return expand_like(tables[name][index], x0)
 
     abar = take("alphas_cumprod")
     coef1, coef2 = take("posterior_mean_coef1"), take("posterior_mean_coef2")
@@ -199,6 +199,14 @@ class DiffusionLoss:
         self.patch_size = patch_size
         self.schedule = recipe.schedule_obj
         self.sampler = recipe.timestep_sampler_obj
+
+    def prepare(self, x0: Tensor) -> None:
+        """Fill the per-device constants that a call on data like ``x0`` reads: the data scaling's and,
+        with the VB term, the posterior tables. Why: a compiled loss that filled them in its first call
+        would fail a guard on the second and compile the step twice."""
+        x = self.recipe.scaling.forward(x0)
+        if self.recipe.learn_sigma:
+            ddpm_posterior(self.schedule, x.device, x.dtype)
 
     def __call__(
         self,

@@ -70,6 +70,8 @@ class Schedule:
 
     def __init__(self, **params: Any):
         self.params = dict(params)
+        #: :func:`ddpm_posterior`'s tables per (device, dtype): copied to a device once, not per loss call
+        self._posterior: dict[tuple[torch.device, torch.dtype], dict[str, Tensor]] = {}
 
     # --- float64 kernels, overridden by subclasses -------------------------------------------------
     def _alpha(self, t: Tensor) -> Tensor:
@@ -180,6 +182,8 @@ class DDPMLinear(Schedule):
     name = "ddpm-linear"
     is_discrete = True
     variance_preserving = True
+    #: Newton steps of :meth:`_t_from_log_snr`, always all of them (no host-side convergence test)
+    NEWTON_STEPS = 8
 
     def __init__(self, beta_start: float = 1e-4, beta_end: float = 0.02, num_steps: int = 1000):
         if not 0.0 < beta_start < 1.0:
@@ -256,13 +260,18 @@ class DDPMLinear(Schedule):
         b0 = self.params["beta_start"]
         n = ((torch.sqrt(b0 * b0 - 2.0 * self._delta * target) - b0) / self._delta).clamp(0.0, n_max)
         n = torch.where(torch.isfinite(n), n, torch.full_like(n, n_max))
-        for _ in range(50):
+        # A fixed number of steps, and "converged" kept as a device flag: asking the host whether to stop
+        # would be a GPU->CPU sync per step in the training step (the edm-lognormal law draws through
+        # here). Once every step of an iteration is below the tolerance, later iterations leave n as it
+        # is, so the result equals Newton stopped at convergence (at most 4 steps over the whole λ range
+        # from this start, tests/test_schedules.py; NEWTON_STEPS leaves a margin).
+        done = torch.zeros((), dtype=torch.bool, device=n.device)
+        for _ in range(self.NEWTON_STEPS):
             g = self._log_abar_n(n) - target
             dg = self._log_delta + torch.digamma(self._A + 1.0 - n)
             step = torch.where(torch.isfinite(target), g / dg, torch.zeros_like(g))
-            n = (n - step).clamp(0.0, n_max)
-            if bool((step.abs() <= 1e-10 * n_max).all()):
-                break
+            n = torch.where(done, n, (n - step).clamp(0.0, n_max))
+            done = done | (step.abs() <= 1e-10 * n_max).all()
         n = torch.where(target == 0, torch.zeros_like(n), n)  # λ = +inf -> exactly clean
         return n / self.num_steps
 
@@ -445,7 +454,9 @@ class EDM(Schedule):
         return (torch.exp(-0.5 * lam / self.rho) - self._a) / (self._b - self._a)
 
 
-def ddpm_posterior(sched: Schedule) -> dict[str, Tensor]:
+def ddpm_posterior(
+    sched: Schedule, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float64
+) -> dict[str, Tensor]:
     """float64 tables of the discrete chain's posterior q(x_{i−1} | x_i, x₀), indexed by step i = 0..N−1.
 
     Keys (ADM/DiT names): ``betas``, ``alphas_cumprod``, ``alphas_cumprod_prev`` (ᾱ_{i−1}, 1 at i = 0),
@@ -453,16 +464,27 @@ def ddpm_posterior(sched: Schedule) -> dict[str, Tensor]:
     β̃_0 replaced by β̃_1, since β̃_0 = 0), ``posterior_mean_coef1`` β_i√ᾱ_{i−1}/(1−ᾱ_i) (times x₀) and
     ``posterior_mean_coef2`` (1−ᾱ_{i−1})√(1−β_i)/(1−ᾱ_i) (times x_i). Used by the hybrid VB loss and by
     DDPM ancestral sampling with learned-range variance.
+
+    ``device``/``dtype``: the same tables (computed in float64) cast and copied there once and kept on the
+    schedule. Why: the loss reads them every micro-step, and a copy from pageable host memory blocks the
+    host until the device's whole queue has run, which would undo the training step's look-ahead.
     """
     if not sched.is_discrete or sched.betas is None or sched.alphas_cumprod is None:
         raise ConfigError("schedule", f"{sched.name!r} has no discrete DDPM chain")
-    cached = getattr(sched, "_posterior", None)
-    if cached is not None:
-        return cached
-    betas, abar = sched.betas, sched.alphas_cumprod
+    key = (torch.device(device), dtype)
+    if key not in sched._posterior:
+        host = (torch.device("cpu"), torch.float64)
+        if host not in sched._posterior:
+            sched._posterior[host] = _posterior_tables(sched.betas, sched.alphas_cumprod)
+        sched._posterior[key] = {k: v.to(key[0], dtype) for k, v in sched._posterior[host].items()}
+    return sched._posterior[key]
+
+
+def _posterior_tables(betas: Tensor, abar: Tensor) -> dict[str, Tensor]:
+    """The float64 tables of :func:`ddpm_posterior` from the chain's β and ᾱ."""
     abar_prev = torch.cat([torch.ones(1, dtype=torch.float64), abar[:-1]])
     post_var = betas * (1.0 - abar_prev) / (1.0 - abar)
-    out = {
+    return {
         "betas": betas,
         "alphas_cumprod": abar,
         "alphas_cumprod_prev": abar_prev,
@@ -471,8 +493,6 @@ def ddpm_posterior(sched: Schedule) -> dict[str, Tensor]:
         "posterior_mean_coef1": betas * torch.sqrt(abar_prev) / (1.0 - abar),
         "posterior_mean_coef2": (1.0 - abar_prev) * torch.sqrt(1.0 - betas) / (1.0 - abar),
     }
-    sched._posterior = out  # type: ignore[attr-defined]
-    return out
 
 
 _REGISTRY: dict[str, type[Schedule]] = {

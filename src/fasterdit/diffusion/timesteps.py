@@ -272,8 +272,10 @@ class EDMLogNormal(TimestepSampler):
         super().__init__(p_mean=p_mean, p_std=p_std)
         self.schedule = schedule
         self.p_mean, self.p_std = p_mean, p_std
-        self._a = (-schedule.lambda_max / 2 - p_mean) / p_std
-        self._b = (-schedule.lambda_min / 2 - p_mean) / p_std
+        # the schedule's λ range as numbers, once: each draw clamps to it without evaluating λ(0), λ(1)
+        self._lam_min, self._lam_max = schedule.lambda_min, schedule.lambda_max
+        self._a = (-self._lam_max / 2 - p_mean) / p_std
+        self._b = (-self._lam_min / 2 - p_mean) / p_std
         self._Phi_a = 0.5 * math.erfc(-self._a / _SQRT2)
         self._Phi_b = 0.5 * math.erfc(-self._b / _SQRT2)
         self._Z = self._Phi_b - self._Phi_a
@@ -283,9 +285,7 @@ class EDMLogNormal(TimestepSampler):
     def _sample(self, n, generator, device):
         u = self._Phi_a + self._Z * _uniform(n, generator, device)
         ell = self.p_mean + self.p_std * torch.special.ndtri(u.clamp(1e-300, 1.0 - 1e-16))
-        return self.schedule._t_from_log_snr(
-            (-2.0 * ell).clamp(self.schedule.lambda_min, self.schedule.lambda_max)
-        )
+        return self.schedule._t_from_log_snr((-2.0 * ell).clamp(self._lam_min, self._lam_max))
 
     def _pdf(self, t):
         z = (-0.5 * self.schedule._log_snr(t) - self.p_mean) / self.p_std

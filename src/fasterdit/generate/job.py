@@ -44,6 +44,7 @@ from fasterdit.generate import seeds
 from fasterdit.generate.defaults import ResolvedSampling
 from fasterdit.generate.npz import write_samples_npz
 from fasterdit.models.dit import DiT
+from fasterdit.run.config import TrainConfig
 from fasterdit.runtime.distributed import DistInfo, barrier, broadcast_object, gather_objects
 from fasterdit.runtime.files import atomic_write_bytes, atomic_write_text
 from fasterdit.runtime.locks import Locked, lock_file
@@ -210,12 +211,20 @@ def sample_range(
 PRECISIONS = ("fp32", "tf32", "bf16", "fp64")
 
 
-def resolve_precision(flag: str, device: torch.device) -> str:
-    """``auto``: bfloat16 autocast on CUDA (what the trainer's grids and evaluations use there), float32
-    elsewhere; any other value is kept (and checked when sampling starts)."""
+def resolve_precision(flag: str, device: torch.device, train: TrainConfig | None = None) -> str:
+    """``auto``: the precision the run trained in, on CUDA (``train.precision`` bf16 or auto: bfloat16
+    autocast; fp32: fp32 with TF32 matmuls when ``train.tf32``), bfloat16 for an official checkpoint
+    (``train`` None), float32 off CUDA; any other value is kept (and checked when sampling starts).
+
+    Why the run's: the trainer's grids and ``eval.every`` sample in it, and ``fasterdit eval`` with default
+    flags must sample the same bytes; a run trained in fp32 is not evaluated in bf16 behind its back."""
     if flag != "auto":
         return flag
-    return "bf16" if device.type == "cuda" else "fp32"
+    if device.type != "cuda":
+        return "fp32"
+    if train is None or train.precision in ("auto", "bf16"):
+        return "bf16"
+    return "tf32" if train.tf32 else "fp32"
 
 
 @contextlib.contextmanager

@@ -28,9 +28,9 @@ Readers of a live run (``sample``/``eval`` while training saves and prunes, ``lo
 included) take no lock: the checkpoint they chose can be pruned, or replaced by a save of the same
 step, while they read it. :func:`open_intact` tells that from damage by the directory's identity (it
 is gone or is another directory now) and lists the run again, a bounded number of times, so it always
-ends on the newest checkpoint that was intact while it was read. Every file gets the permissions the
-umask gives a new file (``safetensors`` writes 0600), so other accounts can sample a run on a shared
-filesystem.
+ends on the newest checkpoint that was intact while it was read. Every file is created by ``open()``
+(:mod:`fasterdit.runtime.hashed`, which takes each file's SHA-256 as it is written), so it gets the
+permissions the umask gives a new file, and other accounts can sample a run on a shared filesystem.
 
 Why one module of ~600 lines: the write path (temp dir, fsyncs, rename, pointer, prune) and the read
 path (lookup, size and checksum verification, quarantine) are the two halves of one on-disk format and
@@ -55,21 +55,16 @@ from typing import Any, TypeVar
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from fasterdit.errors import UserError
-from fasterdit.runtime.files import (
-    TMP_PREFIX,
-    atomic_write_text,
-    follow_umask,
-    fsync_dir,
-    fsync_file,
-    remove_temps,
-)
+from fasterdit.runtime.files import TMP_PREFIX, atomic_write_text, fsync_dir, remove_temps
+from fasterdit.runtime.hashed import write_tensors, write_torch
 
 __all__ = [
     "CKPT_SUBDIR",
     "CheckpointError",
+    "by_device",
     "candidates",
     "checkpoint_step",
     "find_checkpoint",
@@ -77,6 +72,7 @@ __all__ = [
     "latest_checkpoint",
     "list_checkpoints",
     "meta_digest",
+    "nonfinite_flags",
     "nonfinite_names",
     "open_checkpoint",
     "open_intact",
@@ -113,58 +109,6 @@ T = TypeVar("T")
 
 class CheckpointError(UserError):
     """A checkpoint could not be written or read; the message names the path and what is intact."""
-
-
-def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    """safetensors file, fsynced. Its write errors (no errno) become an OSError naming the file."""
-    flat = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    try:
-        save_file(flat, str(path))
-    except SafetensorError as err:
-        raise OSError(None, f"safetensors: {err}", str(path)) from err
-    follow_umask(path)  # safetensors creates its file 0600: unreadable to every other account
-    fsync_file(path)
-
-
-class _RecordingFile:
-    """A binary file that remembers the OSError of a failed write.
-
-    Why: ``torch.save`` reports a failed write (e.g. a full disk) as a RuntimeError without the errno;
-    keeping the original error lets the caller say "no space left" instead of an enforce-fail message.
-    """
-
-    def __init__(self, f):
-        self._f = f
-        self.error: OSError | None = None
-
-    def write(self, data) -> int:
-        try:
-            return self._f.write(data)
-        except OSError as err:
-            self.error = err
-            raise
-
-    def flush(self) -> None:
-        self._f.flush()
-
-
-def _save_torch(obj: Any, path: Path) -> None:
-    """torch.save to ``path``, fsynced; a failed write is an OSError that names the file."""
-    try:
-        with open(path, "wb") as f:
-            rec = _RecordingFile(f)
-            try:
-                torch.save(obj, rec)
-            except RuntimeError as err:
-                if rec.error is not None:
-                    raise rec.error from err
-                raise OSError(None, f"torch.save: {err}", str(path)) from err
-            f.flush()
-            os.fsync(f.fileno())
-    except OSError as err:
-        if err.filename is None:  # a buffered write's error carries no file name
-            raise OSError(err.errno, err.strerror, str(path)) from err
-        raise
 
 
 def _sha256(path: Path) -> str:
@@ -508,16 +452,31 @@ def quarantine(ckpt: str | Path) -> Path | None:
 def nonfinite_names(named: dict[str, torch.Tensor]) -> list[str]:
     """Names of the floating-point tensors that hold a NaN or an infinity.
 
-    One fused max-abs reduction over all tensors and one host sync: cheap enough for every save.
+    One fused max-abs reduction per device and one copy to the host per device, not per tensor: cheap
+    enough for every save. Why per device: the tensors need not share one (non-fused AdamW keeps its step
+    counts on the CPU beside CUDA weights), and a reduction or a stack takes tensors of one device only.
     """
-    items = [(k, v.detach()) for k, v in named.items() if v.is_floating_point()]
-    if not items:
-        return []
-    maxabs = torch.stack([m.float() for m in torch._foreach_norm([v for _, v in items], float("inf"))])
-    bad = ~torch.isfinite(maxabs)
-    if not bool(bad.any()):
-        return []
+    items = [(k, v.detach()) for k, v in named.items() if v.is_floating_point() and v.numel() > 0]
+    tensors = [v for _, v in items]
+    bad = torch.zeros(len(tensors), dtype=torch.bool)
+    for positions in by_device(tensors).values():
+        bad[positions] = nonfinite_flags([tensors[i] for i in positions]).cpu()
     return [items[i][0] for i in bad.nonzero().flatten().tolist()]
+
+
+def by_device(tensors: list[torch.Tensor]) -> dict[torch.device, list[int]]:
+    """The positions of ``tensors`` on each device, in order: the groups that can be reduced together."""
+    groups: dict[torch.device, list[int]] = {}
+    for i, t in enumerate(tensors):
+        groups.setdefault(t.device, []).append(i)
+    return groups
+
+
+def nonfinite_flags(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """One bool per (non-empty) tensor, on the tensors' one device: True where it holds a NaN or an
+    infinity. Each max-abs is tested in its own dtype (a finite float64 beyond float32's range is finite)."""
+    maxabs = torch._foreach_norm(tensors, float("inf"))
+    return ~torch.stack([torch.isfinite(m) for m in maxabs])
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -581,21 +540,29 @@ def _write_files(
     train_state: dict[str, Any],
     meta: dict[str, Any],
 ) -> None:
-    """Every file of a checkpoint into ``tmp``, fsynced, with meta.json (sizes + SHA-256) last."""
+    """Every file of a checkpoint into ``tmp``, fsynced, with meta.json (sizes + SHA-256) last.
+
+    Why this order (EMA weights, raw weights, training state): a stop checkpoint races the SIGKILL that
+    follows SIGTERM, and the files written first are the ones sampling needs. A write killed at any point
+    leaves ``tmp`` without its meta.json, never renamed to a checkpoint name: it is not a checkpoint
+    (nothing reads a ``.tmp-*`` directory) and the next start removes it. Each file's SHA-256 is taken
+    while it is written (:mod:`fasterdit.runtime.hashed`), not by reading it back.
+    """
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    _save_tensors(model_state, tmp / "model.safetensors")
+    sums: dict[str, str] = {}
     if ema_state is not None:
-        _save_tensors(ema_state, tmp / "ema.safetensors")
-    _save_torch(train_state, tmp / "state.pt")
-    names = sorted(p.name for p in tmp.iterdir())
+        sums["ema.safetensors"] = write_tensors(ema_state, tmp / "ema.safetensors")
+    sums["model.safetensors"] = write_tensors(model_state, tmp / "model.safetensors")
+    sums["state.pt"] = write_torch(train_state, tmp / "state.pt")
+    names = sorted(sums)
     full_meta = {
         "format": FORMAT,
         "version": VERSION,
         "step": int(step),
         "files": {n: (tmp / n).stat().st_size for n in names},
-        "sha256": {n: _sha256(tmp / n) for n in names},
+        "sha256": {n: sums[n] for n in names},
         "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         **meta,
     }

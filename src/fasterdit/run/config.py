@@ -50,6 +50,7 @@ __all__ = [
 MAX_THREADS = 1024  #: train.threads (torch's CPU threads; one per core is the most that helps)
 MAX_GRID_SAMPLES = 10_000  #: images of one sample grid (rows x sample.per_class), drawn in memory
 MAX_EVAL_SAMPLES = 1_000_000  #: eval.num_samples (eval.every gathers them in memory; FID-50K needs 50,000)
+MAX_PREFETCH = 4  #: data.prefetch (each step read ahead holds one rank's batch in host memory)
 
 
 @dataclass
@@ -70,6 +71,8 @@ class DataConfig:
     resolution: int | None = None  #: side of the images/latents the model sees (ImageNet-256 latents: 32)
     channels: int | None = None  #: channels the model sees (SD-VAE latents: 4)
     num_classes: int | None = None  #: 0 = unconditional
+    #: prepared sets: steps whose batches a background thread reads ahead (0 = read in the training step)
+    prefetch: int = 1
 
 
 @dataclass
@@ -103,6 +106,11 @@ class TrainConfig:
     #: ramp the EMA decay as min(decay, (1 + step) / (10 + step)) so short runs get a useful EMA early
     ema_warmup: bool = False
     max_nonfinite: int = 20  #: abort after this many consecutive steps with a non-finite loss/gradient
+    #: what ``max_nonfinite`` non-finite steps in a row do: "stop" (TrainingAborted) or "rollback" (reload
+    #: the last intact checkpoint, move past the data up to the failing step's batch, scale the lr)
+    on_nonfinite: str = "stop"
+    rollback_lr_scale: float = 1.0  #: multiplies the lr at each rollback (cumulative; saved in checkpoints)
+    max_rollbacks: int = 3  #: rollbacks a run may take (counted across resumes); the next streak stops it
     #: warn when the recipe's log-SNR law sits far from where it sits on unit-std data (unscaled latents)
     snr_warning: bool = True
 
@@ -303,6 +311,11 @@ def _validate(cfg: RunConfig) -> None:
         "data.num_classes",
         f"must be >= 0, got {cfg.data.num_classes}",
     )
+    _check(
+        0 <= cfg.data.prefetch <= MAX_PREFETCH,
+        "data.prefetch",
+        f"must be in 0..{MAX_PREFETCH} (0 = off), got {cfg.data.prefetch}",
+    )
     _check(o.lr > 0, "optim.lr", f"must be > 0, got {o.lr}")
     _check(o.weight_decay >= 0, "optim.weight_decay", f"must be >= 0, got {o.weight_decay}")
     _check(0 <= o.beta1 < 1, "optim.beta1", f"must be in [0, 1), got {o.beta1}")
@@ -340,6 +353,17 @@ def _validate(cfg: RunConfig) -> None:
         f"must be >= 1 and at most {MAX_THREADS}, or null, got {brief(t.threads)}",
     )
     _check(t.max_nonfinite >= 1, "train.max_nonfinite", f"must be >= 1, got {t.max_nonfinite}")
+    _check(
+        t.on_nonfinite in ("stop", "rollback"),
+        "train.on_nonfinite",
+        f"must be stop or rollback, got {brief(t.on_nonfinite)}",
+    )
+    _check(
+        0 < t.rollback_lr_scale <= 1,
+        "train.rollback_lr_scale",
+        f"must be in (0, 1] (1 = keep the lr), got {t.rollback_lr_scale}",
+    )
+    _check(t.max_rollbacks >= 0, "train.max_rollbacks", f"must be >= 0, got {t.max_rollbacks}")
     for key in ("log_every", "ckpt_every", "sample_every"):
         _check(getattr(lg, key) >= 0, f"log.{key}", f"must be >= 0 (0 = off), got {getattr(lg, key)}")
     _check(lg.log_every >= 1, "log.log_every", f"must be >= 1, got {lg.log_every}")

@@ -2,8 +2,17 @@
 
 Why a separate fp32 copy with a device-side "skip" weight: the EMA must not drift when an optimizer
 step is skipped for a non-finite loss, and checking that on the host would force a GPU->CPU sync every
-step. The update is ``ema += w · (θ − ema)`` with ``w = (1 − decay) · ok`` as a device tensor, so a
-skipped step (ok = 0) leaves the EMA bit-for-bit unchanged without the host ever looking.
+step. The update is ``ema ← lerp(ema, θ, w) = ema + w · (θ − ema)`` with ``w = (1 − decay) · ok`` as a
+device tensor, so a skipped step (ok = 0) leaves the EMA bit-for-bit unchanged without the host ever
+looking.
+
+Why one ``lerp``: it reads the EMA and the weights once and writes the EMA once (3 sweeps over the
+weights); a ``sub``, ``mul``, ``add`` chain takes 8 and a temporary as large as the model. ``lerp``
+rounds once (``torch.lerp`` computes ``ema + w·d`` with a fused multiply-add, ``d = θ − ema``), where
+the chain rounded ``w·d`` and then the sum: so the two agree to the last bit except where that double
+rounding was off (by one unit in the last place when ``|w·d| ≪ |ema|``, as in training). Measured: 0.02 %
+of the values per update for ``|θ − ema| ≈ 0.01·|ema|``, 0.25 % for ``≈ |ema|``, in float32 and float64
+alike; tests/test_ema.py checks lerp against the exactly rounded value.
 """
 
 from __future__ import annotations
@@ -13,7 +22,7 @@ import copy
 import torch
 from torch import nn
 
-__all__ = ["EMA", "unwrap_model"]
+__all__ = ["EMA", "lerp_all_", "unwrap_model"]
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -25,6 +34,17 @@ def unwrap_model(model: nn.Module) -> nn.Module:
             model = model._orig_mod
         else:
             return model
+
+
+def lerp_all_(ema: list[torch.Tensor], src: list[torch.Tensor], weight: float | torch.Tensor) -> None:
+    """``e ← e + weight·(s − e)`` for each pair, in one fused pass each; ``weight`` a number, or a 0-dim
+    tensor on the tensors' device (of their dtype) that the host never reads."""
+    if isinstance(weight, torch.Tensor):
+        # foreach-lerp's scalar form would read a 0-dim tensor with .item() (a host sync on CUDA); its
+        # list form takes one weight tensor per tensor and leaves them on the device
+        torch._foreach_lerp_(ema, src, [weight] * len(ema))
+    else:
+        torch._foreach_lerp_(ema, src, weight)
 
 
 class EMA:
@@ -63,14 +83,9 @@ class EMA:
         weight = 1.0 - self.current_decay()
         src = [p.detach().float() if p.dtype != torch.float32 else p.detach() for p in params]
         if ok is None:
-            torch._foreach_lerp_(self._ema, src, weight)
+            lerp_all_(self._ema, src, weight)
         else:
-            # (lerp with a 0-dim tensor weight would call .item(): a host sync on CUDA; the .Tensor
-            # overload of foreach-mul keeps the weight on the device)
-            w = ok.to(device=self._ema[0].device, dtype=torch.float32) * weight
-            diff = torch._foreach_sub(src, self._ema)
-            torch._foreach_mul_(diff, w)
-            torch._foreach_add_(self._ema, diff)
+            lerp_all_(self._ema, src, ok.to(device=self._ema[0].device, dtype=torch.float32) * weight)
         self.num_updates += 1
 
     def _source_params(self, model: nn.Module) -> list[torch.Tensor]:

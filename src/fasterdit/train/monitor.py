@@ -5,6 +5,10 @@ non-blocking copy into pinned memory; the host reads them one step later, when t
 finished, so it never waits for the GPU's queue. What the host learns there: the per-step loss, whether
 the update was skipped (the streak that aborts a diverged run), and under DDP whether some rank asked to
 stop (every rank sees the same all-reduced flag at the same step, so they stop together).
+
+A streak of ``train.max_nonfinite`` ends the run (TrainingAborted) or, with ``train.on_nonfinite:
+rollback`` and rollbacks left, raises :class:`StreakLimit` for the trainer to roll back. The flags are
+all-reduced and the rollback count is saved state, so every DDP rank takes the same branch at the same step.
 """
 
 from __future__ import annotations
@@ -21,7 +25,28 @@ from fasterdit.train.state import RunContext, TrainState
 from fasterdit.train.step import QueuedStats
 from fasterdit.train.step_stats import StepStats
 
-__all__ = ["Monitor"]
+__all__ = ["Monitor", "Streak", "StreakLimit"]
+
+
+@dataclass(frozen=True)
+class Streak:
+    """A run of consecutive non-finite steps that reached ``train.max_nonfinite`` (0-based steps)."""
+
+    first: int  # its first step
+    last: int  # the step that reached the limit
+    last_position: int  # the data position of that step's batch
+
+    @property
+    def length(self) -> int:
+        return self.last - self.first + 1
+
+
+class StreakLimit(Exception):
+    """A streak reached ``train.max_nonfinite`` and the run may roll back (the trainer catches it)."""
+
+    def __init__(self, streak: Streak):
+        super().__init__(f"non-finite steps {streak.first + 1}..{streak.last + 1}")
+        self.streak = streak
 
 
 @dataclass
@@ -42,10 +67,11 @@ class Monitor:
         self.ctx = ctx
         self.state = state
         self.is_cuda = is_cuda
-        self.losses = array("d")  # per-step global mean loss of this process's steps
+        self.losses = array("d")  # per-step global mean loss of this process's steps (not those undone)
         self.streak = 0  # consecutive non-finite steps so far
         self.streak_start = -1  # 0-based first step of the current streak
         self.agreed_stop: int | None = None  # DDP: the step at which every rank stops
+        self.first_step = state.step  # the step ``losses`` starts after (the resumed one)
         self._pending: list[tuple[QueuedStats, torch.cuda.Event | None]] = []
         self._interval = _Interval()
 
@@ -57,7 +83,7 @@ class Monitor:
             buf.copy_(vec, non_blocking=True)
             ev = torch.cuda.Event()
             ev.record()
-            self._pending.append((QueuedStats(queued.step, queued.layout, buf), ev))
+            self._pending.append((QueuedStats(queued.step, queued.position, queued.layout, buf), ev))
         else:
             self._pending.append((queued, None))
 
@@ -67,9 +93,21 @@ class Monitor:
             queued, ev = self._pending.pop(0)
             if ev is not None:
                 ev.synchronize()
-            self._consume(queued.step, queued.layout.read(queued.values.tolist()))
+            self._consume(queued, queued.layout.read(queued.values.tolist()))
 
-    def _consume(self, step: int, st: StepStats) -> None:
+    def rewind(self, to_step: int) -> None:
+        """Forget the steps after ``to_step``, which a rollback undid: their queued stats, losses, streak and
+        log interval. A stop the ranks agreed on during them happens at once."""
+        self._pending.clear()
+        del self.losses[max(to_step - self.first_step, 0) :]
+        self.first_step = min(self.first_step, to_step)  # a fallback past a damaged checkpoint goes further
+        self.streak, self.streak_start = 0, -1
+        self._interval = _Interval()
+        if self.agreed_stop is not None:
+            self.agreed_stop = min(self.agreed_stop, to_step)
+
+    def _consume(self, queued: QueuedStats, st: StepStats) -> None:
+        step = queued.step
         loss, gnorm = st.loss, st.grad_norm
         self.losses.append(loss)
         if st.stop and self.agreed_stop is None:
@@ -93,13 +131,41 @@ class Monitor:
             f"step skipped ({self.state.skipped_total} so far)"
         )
         if self.streak >= self.ctx.cfg.train.max_nonfinite:
-            raise TrainingAborted(
-                f"training aborted at step {step + 1}: the loss or gradient was non-finite for "
-                f"{self.streak} consecutive steps (steps {self.streak_start + 1}..{step + 1}; "
-                f"{self.state.skipped_total} skipped in all); no weights were updated by them. "
-                f"{describe_last_good(self.state.last_ckpt)}. "
-                "Lower optim.lr, set optim.grad_clip, or check the data; then resume with the same command."
-            )
+            streak = Streak(self.streak_start, step, queued.position)
+            if self._may_roll_back():
+                raise StreakLimit(streak)
+            raise TrainingAborted(self._abort_message(streak))
+
+    def _may_roll_back(self) -> bool:
+        """Whether a streak at the limit rolls back: asked for, rollbacks left, and a checkpoint to go to."""
+        t = self.ctx.cfg.train
+        return (
+            t.on_nonfinite == "rollback"
+            and self.state.rollbacks < t.max_rollbacks
+            and self.state.last_ckpt is not None
+        )
+
+    def _abort_message(self, streak: Streak) -> str:
+        """The TrainingAborted message: the streak, the last good checkpoint, and why no rollback."""
+        return (
+            f"training aborted at step {streak.last + 1}: the loss or gradient was non-finite for "
+            f"{streak.length} consecutive steps (steps {streak.first + 1}..{streak.last + 1}; "
+            f"{self.state.skipped_total} skipped in all); no weights were updated by them. "
+            f"{self._rollback_note()}{describe_last_good(self.state.last_ckpt)}. "
+            "Lower optim.lr, set optim.grad_clip, or check the data; then resume with the same command."
+        )
+
+    def _rollback_note(self) -> str:
+        """Why train.on_nonfinite=rollback did not roll back (empty with ``stop``: today's message)."""
+        t, st = self.ctx.cfg.train, self.state
+        if t.on_nonfinite != "rollback":
+            return ""
+        if st.last_ckpt is None:
+            return "train.on_nonfinite=rollback cannot roll back: "
+        return (
+            f"No rollback left ({st.rollbacks} taken of train.max_rollbacks={t.max_rollbacks}, lr scale "
+            f"now {st.lr_scale:g}; raise train.max_rollbacks to allow more); "
+        )
 
     def take_interval(self, lr: float, seconds: float, images: int) -> dict[str, Any]:
         """The ``train`` log record of the interval that ends now (drain first), and start a new one."""

@@ -90,7 +90,7 @@ class Outputs:
             resolved,
             label_mode="given" if classes else "uniform",
             labels=classes,
-            precision=resolve_precision("auto", device),
+            precision=resolve_precision("auto", device, lm.cfg.train),
         )
         return write_grid(
             lm.model, lm.recipe, settings, path, batch_size=BATCH_SIZE, device=device, decode=decode
@@ -110,7 +110,9 @@ class Outputs:
         lm = self._model(step)
         resolved = resolve_sampling("eval", lm, SamplingFlags())
         settings = SampleSettings.from_resolved(
-            resolved, label_mode="balanced", precision=resolve_precision("auto", self.parts.device)
+            resolved,
+            label_mode="balanced",
+            precision=resolve_precision("auto", self.parts.device, lm.cfg.train),
         )
         res = evaluate(
             lm.model, lm.recipe, settings, dataset=origin.dataset, dist=ctx.dist, decode=decode,

@@ -20,8 +20,9 @@ from fasterdit.errors import ConfigError
 from fasterdit.models.dit import DiT
 from fasterdit.run.config import OptimConfig, TrainConfig
 from fasterdit.train.build import build_model
-from fasterdit.train.data_order import INIT_TAG, IndexStream, derive_seed
+from fasterdit.train.data_order import INIT_TAG, IndexStream, derive_seed, rank_slice
 from fasterdit.train.ema import EMA
+from fasterdit.train.prefetch import RankBatches
 from fasterdit.train.state import RunContext
 
 __all__ = ["LossTerms", "TrainParts", "build_parts"]
@@ -36,8 +37,10 @@ class TrainParts:
 
     device: torch.device
     amp_dtype: torch.dtype | None  # bf16 autocast, or None for fp32
-    data_on_device: bool  # embedded sets live on the device: a batch is one index_select
     stream: IndexStream  # the seeded epoch-permutation index stream
+    #: this rank's batches of a memory-mapped set (read ahead with ``data.prefetch``); None for an embedded
+    #: set, which lives on the device (a batch is one index_select)
+    batches: RankBatches | None
     model: DiT  # the raw model (what is checkpointed)
     ema: EMA
     params: list[torch.nn.Parameter]
@@ -52,6 +55,15 @@ class TrainParts:
     @property
     def is_cuda(self) -> bool:
         return self.device.type == "cuda"
+
+    @property
+    def data_on_device(self) -> bool:
+        return self.batches is None
+
+    def close(self) -> None:
+        """End the batch-reading thread, if any (the trainer calls it however the run ends)."""
+        if self.batches is not None:
+            self.batches.close()
 
     @property
     def compiled(self) -> bool:
@@ -125,6 +137,19 @@ def build_parts(ctx: RunContext) -> TrainParts:
         source.images = source.images.to(dev)
         source.labels = source.labels.to(dev)
     stream = IndexStream(len(source), cfg.seed, dev if data_on_device else "cpu")
+    batches = None
+    if not data_on_device:
+        B = cfg.train.batch_size
+        batches = RankBatches(
+            source,
+            stream,
+            seed=cfg.seed,
+            rank=d.rank,
+            batch_size=B,
+            share=rank_slice(B, d.world_size, d.rank),
+            device=dev,
+            depth=cfg.data.prefetch,
+        )
 
     # model: identical init on every rank (DDP also broadcasts rank 0's weights)
     torch.manual_seed(derive_seed(cfg.seed, INIT_TAG))
@@ -166,16 +191,14 @@ def build_parts(ctx: RunContext) -> TrainParts:
     step_loss: LossTerms = loss_terms
     if cfg.train.compile and not d.distributed:
         step_loss = torch.compile(loss_terms, backend=cfg.train.compile_backend)
-        # fill the data scaling's per-device constants now: filling them inside the first compiled call
-        # would fail a guard on the second and compile the step twice
-        loss_fn.recipe.scaling.forward(
-            torch.zeros(1, source.channels, source.resolution, source.resolution, device=dev)
-        )
+        # fill the loss's per-device constants (data scaling, posterior tables) now: filling them inside
+        # the first compiled call would fail a guard on the second and compile the step twice
+        loss_fn.prepare(torch.zeros(1, source.channels, source.resolution, source.resolution, device=dev))
     return TrainParts(
         device=dev,
         amp_dtype=amp_dtype,
-        data_on_device=data_on_device,
         stream=stream,
+        batches=batches,
         model=model,
         ema=ema,
         params=params,

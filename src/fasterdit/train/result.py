@@ -24,8 +24,10 @@ class TrainResult:
     step: int
     images_seen: int
     checkpoint: Path | None
-    losses: list[float] = field(default_factory=list)  # per-step global mean loss of this process's steps
+    #: per-step global mean loss of this process's steps (a rollback drops those of the steps it undid)
+    losses: list[float] = field(default_factory=list)
     skipped_steps: int = 0
     stopped_by: str | None = None  # a signal name when interrupted
     samples_per_sec: float = float("nan")  # steady-state training throughput (excludes sampling/ckpt)
     wall_time: float = 0.0
+    rollbacks: int = 0  # train.on_nonfinite=rollback: rollbacks taken (counted across resumes)

@@ -1,14 +1,17 @@
 """Save and resume: a run's whole state into a checkpoint, and back from the best intact one.
 
 What a checkpoint holds (see :mod:`fasterdit.run.checkpoint` for the crash-safe format): the raw and
-EMA weights, the optimizer, the :class:`~fasterdit.train.state.TrainState` counters, every rank's RNG
-states and the step generator. Why the RNG states although each step reseeds its own generator: the
+EMA weights, the optimizer, the :class:`~fasterdit.train.state.TrainState` counters (the rollback count
+and lr scale of ``train.on_nonfinite: rollback`` included), every rank's RNG states and the step
+generator. Why the RNG states although each step reseeds its own generator: the
 global RNGs are the user's (a test hook, a custom loss), and restoring them costs nothing.
 
 Reliability (docs/training.md, "Guarantees"): a checkpoint is written only from finite weights (one check
 per save) and never prunes during a non-finite streak; resume verifies checksums (meta.json's own
 ``meta_sha256`` included, so an edited or damaged meta.json is damage, not a different run) and falls
-back to the previous intact checkpoint, moving a damaged one aside.
+back to the previous intact checkpoint, moving a damaged one aside. A rollback
+(:meth:`Checkpointer.roll_back`) is that resume in the middle of a run, followed by a jump of the data
+position.
 """
 
 from __future__ import annotations
@@ -124,6 +127,9 @@ class Checkpointer:
         self.parts = parts
         self.state = state
         self.allow_config_change = allow_config_change
+        #: (step, images_seen) of the state last saved or resumed: a save of that same state is a no-op.
+        #: Why not the step alone: a rollback returns to a saved step at a later data position.
+        self._on_disk: tuple[int, int] | None = None
 
     # ------------------------------------------------------------------ resume
     def resume(self) -> Path | None:
@@ -144,6 +150,7 @@ class Checkpointer:
                 err = next((e for e in gather_objects(self._load(path)) if e is not None), None)
             if err is None:
                 self.state.last_ckpt = path
+                self._on_disk = (self.state.step, self.state.images_seen)
                 return path
             errors.append(err)
             # a file that fails its checksum is moved aside; one that verifies but does not load is left
@@ -191,6 +198,8 @@ class Checkpointer:
             st.step = int(saved["step"])
             st.images_seen = int(saved["images_seen"])
             st.skipped_total = int(saved.get("skipped_total", 0))
+            st.rollbacks = int(saved.get("rollbacks", 0))
+            st.lr_scale = float(saved.get("lr_scale", 1.0))
             parts.ema.num_updates = int(saved.get("ema_updates", st.step))
             rng = saved.get("rng", [])
             if len(rng) == dist.world_size:
@@ -274,8 +283,8 @@ class Checkpointer:
         """
         ctx, parts, st = self.ctx, self.parts, self.state
         cfg, dist = ctx.cfg, ctx.dist
-        if st.last_ckpt is not None and ckpt_mod.checkpoint_step(st.last_ckpt) == st.step:
-            return st.last_ckpt  # resumed from, or saved at, this very step: the state is that file
+        if st.last_ckpt is not None and self._on_disk == (st.step, st.images_seen):
+            return st.last_ckpt  # resumed from, or saved at, this very state: the state is that file
         bad = self._nonfinite_state()
         if bad:
             raise TrainingAborted(
@@ -292,6 +301,8 @@ class Checkpointer:
                 "step": st.step,
                 "images_seen": st.images_seen,
                 "skipped_total": st.skipped_total,
+                "rollbacks": st.rollbacks,
+                "lr_scale": st.lr_scale,
                 "ema_updates": parts.ema.num_updates,
                 "rng": rng,
                 "generators": {"step": parts.gen.get_state()},
@@ -330,4 +341,24 @@ class Checkpointer:
             raise ckpt_mod.CheckpointError(err)
         path = _broadcast_path(path)
         st.last_ckpt = path
+        self._on_disk = (st.step, st.images_seen)
         return path
+
+    # ------------------------------------------------------------------ rollback
+    def roll_back(self, past: int, lr_factor: float) -> tuple[Path, int] | None:
+        """Reload the newest intact checkpoint, then continue from data position ``past`` with the lr scale
+        multiplied by ``lr_factor``; (the checkpoint, the images skipped), None when no checkpoint is left.
+
+        Why a resume: it restores everything a checkpoint holds (weights, EMA, optimizer, RNG states) with
+        its checksum fallback, on every rank together. What stays as it was in memory: the counts of the
+        whole run (skipped steps, rollbacks) and the lr scale in use, which the checkpoint may predate.
+        """
+        st = self.state
+        skipped, rollbacks, scale = st.skipped_total, st.rollbacks, st.lr_scale
+        path = self.resume()
+        if path is None:
+            return None
+        position = st.images_seen
+        st.skipped_total, st.rollbacks, st.lr_scale = skipped, rollbacks + 1, scale * lr_factor
+        st.images_seen = past
+        return path, past - position

@@ -42,3 +42,5 @@ class TrainState:
     images_seen: int = 0  # the data position: the index stream's offset
     skipped_total: int = 0  # steps whose update was skipped (non-finite loss or gradient)
     last_ckpt: Path | None = None  # the checkpoint that holds the newest saved state
+    rollbacks: int = 0  # train.on_nonfinite=rollback: rollbacks taken so far (counted across resumes)
+    lr_scale: float = 1.0  # the product of train.rollback_lr_scale over those rollbacks; multiplies the lr

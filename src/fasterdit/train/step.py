@@ -31,7 +31,7 @@ from fasterdit.diffusion.recipe import Recipe
 from fasterdit.models.dit import DiT
 from fasterdit.run.config import OptimConfig
 from fasterdit.runtime.distributed import all_reduce_sum
-from fasterdit.train.data_order import LATENT_TAG, STEP_TAG, derive_seed, rank_slice
+from fasterdit.train.data_order import STEP_TAG, derive_seed, rank_slice
 from fasterdit.train.parts import TrainParts
 from fasterdit.train.signals import StopRequest
 from fasterdit.train.state import RunContext
@@ -61,6 +61,7 @@ class QueuedStats:
     """A step's stats on the device (``StatsLayout.complete``), waiting to be read by the host."""
 
     step: int  # 0-based index of the step
+    position: int  # the data position (images_seen) its batch starts at: what a rollback moves past
     layout: StatsLayout
     values: torch.Tensor
 
@@ -88,16 +89,14 @@ def draw_global(
     return Draws(t, noise, drop)
 
 
-def _batch(ctx: RunContext, parts: TrainParts, ridx: torch.Tensor, step: int):
+def _batch(ctx: RunContext, parts: TrainParts, step: int, images_seen: int, share: slice):
     """This rank's share of the batch, on the device."""
-    if parts.data_on_device:  # resident tensors, indices already on the device: one index_select
-        return ctx.source.get_batch(ridx)
-    # memory-mapped shards: read and draw the latents on the CPU (a CPU generator), then copy from pinned
-    # memory without blocking, so the host never waits for the GPU's queue here
-    gdata = torch.Generator().manual_seed(derive_seed(ctx.cfg.seed, LATENT_TAG, step, ctx.dist.rank))
-    x, y = ctx.source.get_batch(ridx, gdata)
-    if parts.is_cuda:
-        x, y = x.pin_memory(), y.pin_memory()
+    if parts.batches is None:  # resident tensors, indices already on the device: one index_select
+        return ctx.source.get_batch(parts.stream.take(images_seen, ctx.cfg.train.batch_size)[share])
+    # memory-mapped shards: read and draw the latents on the CPU (ahead, in a thread, with data.prefetch;
+    # train/prefetch.py), then copy from pinned memory without blocking, so the host never waits for the
+    # GPU's queue here
+    x, y = parts.batches.get(step, images_seen)
     return x.to(parts.device, non_blocking=True), y.to(parts.device, non_blocking=True)
 
 
@@ -108,19 +107,23 @@ def train_step(
     images_seen: int,
     stop: StopRequest,
     loss_hook: LossHook | None = None,
+    lr_scale: float = 1.0,
 ) -> QueuedStats:
-    """Optimizer step ``step`` (0-based) at data position ``images_seen``; the caller advances both."""
+    """Optimizer step ``step`` (0-based) at data position ``images_seen``; the caller advances both.
+
+    ``lr_scale`` multiplies the scheduled lr: the run's product of ``train.rollback_lr_scale`` over its
+    rollbacks (1.0, an exact no-op, until one happens).
+    """
     cfg, d = ctx.cfg, ctx.dist
     B, W, A = cfg.train.batch_size, d.world_size, cfg.train.grad_accum
     b = B // W // A
     share = rank_slice(B, W, d.rank)
 
-    gidx = parts.stream.take(images_seen, B)
     parts.gen.manual_seed(derive_seed(cfg.seed, STEP_TAG, step))
     draws = draw_global(ctx.recipe, ctx.source, parts.model, parts.gen, parts.device, B)
-    x, y = _batch(ctx, parts, gidx[share], step)
+    x, y = _batch(ctx, parts, step, images_seen, share)
 
-    lr = lr_at(cfg.optim, step)
+    lr = lr_at(cfg.optim, step) * lr_scale
     for group in parts.opt.param_groups:
         group["lr"] = lr
 
@@ -163,7 +166,7 @@ def train_step(
         stats[:-1] /= W
     ok = torch.isfinite(stats[0]) & torch.isfinite(gnorm)
     _apply_update(parts, ok)
-    return QueuedStats(step, layout, layout.complete(stats, ok, gnorm))
+    return QueuedStats(step, images_seen, layout, layout.complete(stats, ok, gnorm))
 
 
 def _apply_update(parts: TrainParts, ok: torch.Tensor) -> None:

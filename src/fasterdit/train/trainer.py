@@ -15,13 +15,16 @@ draw a grid, evaluate. The pieces it calls each have one job:
 Reliability (docs/training.md, "Guarantees"): rank 0 holds an exclusive lock on the run directory for the
 whole job; a checkpoint is written only from finite weights and never prunes during a non-finite streak;
 resume verifies checksums and falls back to the previous intact checkpoint; a stop signal is honoured
-within one step, a grid's sampling step or an evaluation batch.
+within one step, a grid's sampling step or an evaluation batch. With ``train.on_nonfinite: rollback`` a
+non-finite streak reloads the last intact checkpoint and moves past the data that failed
+(:meth:`Trainer._roll_back`) instead of stopping.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +38,7 @@ from fasterdit.runtime.distributed import DistInfo, barrier, broadcast_object, i
 from fasterdit.runtime.files import atomic_write_text
 from fasterdit.train.build import check_config, model_kwargs
 from fasterdit.train.logging import Console, MetricsLogger, Progress
-from fasterdit.train.monitor import Monitor
+from fasterdit.train.monitor import Monitor, Streak, StreakLimit
 from fasterdit.train.outputs import Outputs
 from fasterdit.train.parts import TrainParts, build_parts
 from fasterdit.train.preflight import check_memory
@@ -47,6 +50,28 @@ from fasterdit.train.state import RunContext, TrainState
 from fasterdit.train.step import Draws, LossHook, lr_at, train_step
 
 __all__ = ["Draws", "TrainResult", "Trainer", "TrainingAborted", "TrainingInterrupted", "train"]
+
+
+@dataclass
+class _Tally:
+    """Seconds and images of the training steps: the whole run's (samples/s) and the log interval's.
+
+    Why an object: the loop restarts after a rollback and these survive it.
+    """
+
+    train_time: float = 0.0
+    train_images: int = 0
+    interval_time: float = 0.0
+    interval_images: int = 0
+
+    def add(self, seconds: float, images: int) -> None:
+        self.train_time += seconds
+        self.train_images += images
+        self.interval_time += seconds
+        self.interval_images += images
+
+    def new_interval(self) -> None:
+        self.interval_time, self.interval_images = 0.0, 0
 
 
 class Trainer:
@@ -143,6 +168,7 @@ class Trainer:
                 )
                 self._finish(parts, monitor, checkpointer, outputs, stopped_by, trained=train_images > 0)
         finally:
+            parts.close()  # the batch-reading thread (data.prefetch), however the loop ended
             if ctx.console.progress is not None:
                 ctx.console.progress.close()
             logger.close()
@@ -155,23 +181,45 @@ class Trainer:
                 f"train.steps with --set train.steps=N to train further); outputs in {ctx.run_dir}"
             )
         elif d.is_main and stopped_by is None:
+            rolled = f", {st.rollbacks} rollback(s)" if st.rollbacks else ""
             say(
                 f"done: step {st.step}, {st.images_seen} images, {sps:.1f} samples/s (training steps "
-                f"only), {st.skipped_total} skipped steps, {time.time() - t_start:.0f} s; "
+                f"only), {st.skipped_total} skipped steps{rolled}, {time.time() - t_start:.0f} s; "
                 f"outputs in {ctx.run_dir}"
             )
         return TrainResult(ctx.run_dir, st.step, st.images_seen, st.last_ckpt, list(monitor.losses),
-                           st.skipped_total, stopped_by, sps, time.time() - t_start)  # fmt: skip
+                           st.skipped_total, stopped_by, sps, time.time() - t_start,
+                           rollbacks=st.rollbacks)  # fmt: skip
 
     def _loop(
         self, parts: TrainParts, monitor: Monitor, checkpointer: Checkpointer, outputs: Outputs, logger
     ) -> tuple[str | None, float, int]:
-        """Train until ``train.steps`` or a stop; (the stop's signal name or None, seconds, images)."""
+        """Train until ``train.steps`` or a stop, starting over from a rollback when the monitor asks for
+        one (``train.on_nonfinite: rollback``); (the stop's signal name or None, seconds, images)."""
+        tally = _Tally()
+        while True:
+            try:
+                stopped_by = self._train(parts, monitor, checkpointer, outputs, logger, tally)
+            except StreakLimit as limit:
+                self._roll_back(limit.streak, monitor, checkpointer, logger)
+                tally.new_interval()
+                continue
+            return stopped_by, tally.train_time, tally.train_images
+
+    def _train(
+        self,
+        parts: TrainParts,
+        monitor: Monitor,
+        checkpointer: Checkpointer,
+        outputs: Outputs,
+        logger: MetricsLogger,
+        tally: _Tally,
+    ) -> str | None:
+        """The steps from the current state to ``train.steps`` or a stop (its signal name, else None)."""
         cfg, d, st = self.ctx.cfg, self.ctx.dist, self.state
         lg, total, batch = cfg.log, cfg.train.steps, cfg.train.batch_size
         progress = self.ctx.console.progress
         ckpt_due, stopped_by = False, None
-        train_time, train_images, time_int, img_int = 0.0, 0, 0.0, 0
         while st.step < total:
             # stop requests: one process reads its flag; DDP ranks agree through the lagged stats
             if d.distributed and monitor.agreed_stop is not None and monitor.agreed_stop <= st.step:
@@ -181,22 +229,22 @@ class Trainer:
                 stopped_by = self.stop.signal
                 break
             t0 = time.time()
-            queued = train_step(self.ctx, parts, st.step, st.images_seen, self.stop, self.loss_hook)
+            queued = train_step(
+                self.ctx, parts, st.step, st.images_seen, self.stop, self.loss_hook, st.lr_scale
+            )
             st.images_seen += batch
             st.step += 1
             monitor.post(queued)
             monitor.drain(keep=1)
-            dt = time.time() - t0
-            train_time, time_int = train_time + dt, time_int + dt
-            train_images, img_int = train_images + batch, img_int + batch
+            tally.add(time.time() - t0, batch)
             if progress is not None:
                 progress.update(1)
             s = st.step
             if s % lg.log_every == 0 or s == total:
                 monitor.drain(0)
                 if d.is_main:
-                    self._log_interval(monitor, logger, s, time_int, img_int)
-                time_int, img_int = 0.0, 0
+                    self._log_interval(monitor, logger, s, tally.interval_time, tally.interval_images)
+                tally.new_interval()
             if lg.ckpt_every and s % lg.ckpt_every == 0:
                 ckpt_due = True
             if ckpt_due and s < total:
@@ -213,7 +261,48 @@ class Trainer:
             if self.after_step_hook is not None:
                 self.after_step_hook(self, s)
         monitor.drain(0)
-        return stopped_by, train_time, train_images
+        return stopped_by
+
+    def _roll_back(
+        self, streak: Streak, monitor: Monitor, checkpointer: Checkpointer, logger: MetricsLogger
+    ) -> None:
+        """Undo a non-finite streak: back to the newest intact checkpoint, past the data that failed.
+
+        The data position becomes the end of the failing step's batch, so the images from the checkpoint's
+        position up to and including that batch are skipped (the failed window is never replayed), and the
+        lr scale is multiplied by ``train.rollback_lr_scale``. The log loses the undone steps, as on a
+        resume, and gains a ``rollback`` record. Every rank runs this at the same step (the streak is
+        agreed), and the reload is collective.
+        """
+        cfg, st, console = self.ctx.cfg, self.state, self.ctx.console
+        failing = streak.last + 1  # 1-based, as the messages count steps
+        past = streak.last_position + cfg.train.batch_size  # the end of the failing step's batch
+        done = checkpointer.roll_back(past, cfg.train.rollback_lr_scale)
+        if done is None:
+            raise TrainingAborted(
+                f"training aborted at step {failing}: {streak.length} non-finite steps in a row and no "
+                f"checkpoint left in {self.ctx.run_dir} to roll back to"
+            )
+        path, skipped = done
+        monitor.rewind(st.step)
+        logger.truncate_after(st.step)
+        logger.log(
+            "rollback",
+            st.step,
+            {"from_step": failing, "to_step": st.step, "checkpoint": str(path),
+             "nonfinite_steps": [streak.first + 1, failing], "skipped_images": skipped,
+             "images_seen": st.images_seen, "lr_scale": st.lr_scale, "rollbacks": st.rollbacks},
+        )  # fmt: skip
+        console.say(
+            f"step {failing}: {streak.length} non-finite steps in a row "
+            f"(steps {streak.first + 1}..{failing}); "
+            f"rolled back to {path} (step {st.step}), skipping {skipped} images (data positions "
+            f"{st.images_seen - skipped}..{st.images_seen - 1}, through step {failing}'s batch); lr scale "
+            f"{st.lr_scale:g}; rollback {st.rollbacks} of {cfg.train.max_rollbacks}"
+        )
+        if console.progress is not None:  # the bar counts the steps again from the checkpoint's
+            console.progress.close()
+            console.progress = Progress(cfg.train.steps, st.step, enabled=self.show_progress)
 
     def _finish(self, parts, monitor, checkpointer, outputs, stopped_by: str | None, trained: bool) -> None:
         """The last checkpoint; after a run that reached its end, the final evaluation, grid and curves."""
@@ -247,7 +336,7 @@ class Trainer:
     def _log_interval(
         self, monitor: Monitor, logger: MetricsLogger, step: int, dt: float, images: int
     ) -> None:
-        vals = monitor.take_interval(lr_at(self.ctx.cfg.optim, step - 1), dt, images)
+        vals = monitor.take_interval(lr_at(self.ctx.cfg.optim, step - 1) * self.state.lr_scale, dt, images)
         logger.log("train", step, vals)
         progress = self.ctx.console.progress
         if progress is not None:
