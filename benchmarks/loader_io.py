@@ -21,7 +21,7 @@ with its ``get_batch`` (gather from the memory maps, then the latent draw ``mean
 
     python benchmarks/loader_io.py               # writes ~21 GB to /tmp/fasterdit-loader-set, then measures
     python benchmarks/loader_io.py --keep        # keep the set for a rerun (default: removed at the end)
-    python benchmarks/loader_io.py --quick       # smoke run: 40,000 rows, short measurements
+    python benchmarks/loader_io.py --quick       # smoke run: 20,000 rows, short measurements
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ RANK_BATCH = 32  # batch 256 over 8 GPUs
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rows", type=int, default=IMAGENET_ROWS)
-    p.add_argument("--dir", default=str(Path(tempfile.gettempdir()) / "fasterdit-loader-set"))
+    p.add_argument("--dir", default=None, help="where the set is (default /tmp/fasterdit-loader-set)")
     p.add_argument("--batch", type=int, default=256, help="batch of the samples/s measurements")
     p.add_argument("--seconds", type=float, default=10.0, help="length of the warm measurement")
     p.add_argument("--window", type=float, default=5.0, help="length of each cold window")
@@ -67,8 +67,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true")
     args = p.parse_args(argv)
     if args.quick:
-        args.rows, args.seconds, args.window, args.cold_seconds, args.steps = 40_000, 1.0, 1.0, 2.0, 8
-        args.dir = tempfile.mkdtemp(prefix="fasterdit-loader-quick-")
+        args.rows, args.seconds, args.window, args.cold_seconds, args.steps = 20_000, 1.0, 1.0, 2.0, 8
+    if args.dir is None:
+        quick = tempfile.mkdtemp(prefix="fasterdit-loader-quick-") if args.quick else None
+        args.dir = quick or str(Path(tempfile.gettempdir()) / "fasterdit-loader-set")
     if args.out is None:
         args.out = tempfile.mkdtemp(prefix="fasterdit-loader-report-") if args.quick else str(common.DOCS)
     return args

@@ -26,5 +26,7 @@ run throughput --compile
 run convergence
 run sampling_cost
 run std_sweep
+run checkpoint_io   # ~1 min: checkpoint write s/GB (writes ~1 GB five times to /tmp)
+run loader_io       # ~2 min: batch loading at ImageNet size (writes a 21 GB set to /tmp, then removes it)
 # latents of the shipped autoencoder (issue #18): four parts of <= 100 min each, resumable per run
 if [[ ${#QUICK[@]} -gt 0 ]]; then run latent_convergence; else run latent_convergence --part all; fi

@@ -280,6 +280,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def write_ema_report(out: Path, ema: dict[str, dict[str, Any]], facts: dict[str, Any]) -> Path:
+    """``throughput_ema.{md,json}``: the EMA update alone, the fused lerp against the chain it replaced."""
+    out.mkdir(parents=True, exist_ok=True)
+    record = {"ema": ema, "machine": facts, "command": common.command_line()}
+    common.write_json(out / "throughput_ema.json", record)
+    rows = [
+        [label, e["model"], *(f"{1e3 * v:.2f}" for v in e["seconds"].values())] for label, e in ema.items()
+    ]
+    first = next(iter(ema.values()))
+    lines = [
+        "# The EMA update alone (issue #30 item 3)",
+        "",
+        f"`{common.command_line()}`; the fastest of 20 interleaved repetitions, in ms per update.",
+        "",
+        common.md_table(["setting", "model", *first["seconds"]], rows),
+        "",
+        common.facts_markdown(facts, common.loadavg()),
+        "",
+    ]
+    if common.loadavg()[0] > 0.5:
+        lines += ["The machine was not idle (load average above): read the ratios, not the times.", ""]
+    md = out / "throughput_ema.md"
+    md.write_text("\n".join(lines))
+    return md
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     common.set_argv(argv)
@@ -299,6 +325,7 @@ def main(argv: list[str] | None = None) -> int:
             + ", ".join(f"{k} {1e3 * v:.2f} ms" for k, v in e["seconds"].items())
         )
     if args.ema_only:
+        write_ema_report(Path(args.out), ema, facts)
         return 0
     peak = peak_matmul((512, 1024) if args.quick else (1024, 2048), reps=3 if args.quick else 6)
     peak_best = max(peak.values())

@@ -165,6 +165,25 @@ def test_throughput_quick(bench, tmp_path):
         assert r[v]["samples_per_sec"] > 0 and r[v]["flops_per_sec"] > 0
 
 
+def test_checkpoint_io_quick(bench, tmp_path):
+    cio = bench("checkpoint_io")
+    assert cio.main(["--quick", "--out", str(tmp_path / "r"), "--dir", str(tmp_path)]) == 0
+    _check_report(tmp_path / "r" / "checkpoint_io.md", ["s/GB", "What fits between SIGTERM and SIGKILL"])
+    data = json.loads((tmp_path / "r" / "checkpoint_io.json").read_text())
+    assert set(data["s_per_gb"]) == set(cio.VARIANTS) and all(v > 0 for v in data["s_per_gb"].values())
+    assert [p.name for p in tmp_path.iterdir()] == ["r"]  # what it wrote to measure is gone
+
+
+def test_loader_io_quick(bench, tmp_path):
+    lio = bench("loader_io")
+    assert lio.main(["--quick", "--out", str(tmp_path / "r"), "--dir", str(tmp_path / "set")]) == 0
+    _check_report(tmp_path / "r" / "loader_io.md", ["Samples/s per core", "data.prefetch"])
+    data = json.loads((tmp_path / "r" / "loader_io.json").read_text())
+    assert data["rows"] == 20_000 and data["warm"]["samples_per_s"] > 0
+    assert [s["prefetch"] for s in data["stalls"]][:2] == [0, 1]
+    assert not (tmp_path / "set").exists()  # the set is removed unless --keep
+
+
 def test_sampling_cost_quick(bench, tmp_path):
     sc = bench("sampling_cost")
     argv = [

@@ -20,7 +20,7 @@ from fasterdit.errors import ConfigError
 from fasterdit.run.config import load_config
 from fasterdit.train.data_order import IndexStream, rank_slice
 from fasterdit.train.prefetch import THREAD_NAME, BatchKey, Prefetcher, RankBatches
-from fasterdit.train.trainer import Trainer
+from fasterdit.train.trainer import Trainer, TrainingInterrupted
 from tiny_run import TINY_RUN
 
 C, R, CLASSES = 4, 8, 3
@@ -179,16 +179,42 @@ def test_a_stop_mid_prefetch_saves_resumes_exactly_and_leaves_no_thread(latents,
     assert prefetch_threads() == []
 
 
-def test_an_exception_mid_prefetch_leaves_no_thread(latents, tmp_path):
+def test_a_rollback_reads_the_moved_position_and_stays_bit_identical(latents, tmp_path):
+    """A rollback moves the data position: the batches read ahead are dropped, the new one read at once."""
+    rollback = ["log.ckpt_every=2", "train.max_nonfinite=2", "train.on_nonfinite=rollback",
+                "train.rollback_lr_scale=0.5"]  # fmt: skip
+    runs = {}
+    for depth in (0, 2):
+        tr = trainer(tmp_path / f"p{depth}", latents, 8, f"data.prefetch={depth}", *rollback)
+
+        def nan_once(step: int, terms: dict, tr: Trainer = tr) -> dict:
+            if step in (4, 5) and tr.state.rollbacks == 0:
+                return {**terms, "loss": terms["loss"] * float("nan")}
+            return terms
+
+        tr.loss_hook = nan_once
+        res = tr.run()
+        assert tr.state.rollbacks == 1 and res.step == 8 and prefetch_threads() == []
+        runs[depth] = (final_state(tr), res.losses, tr.state.images_seen)
+    assert_identical(runs[2][0], runs[0][0])
+    assert runs[2][1:] == runs[0][1:]
+
+
+@pytest.mark.parametrize(
+    "raised, seen",
+    [(RuntimeError("a failing step"), RuntimeError), (KeyboardInterrupt(), TrainingInterrupted)],
+    ids=["error", "second-ctrl-c"],
+)
+def test_an_exception_mid_prefetch_leaves_no_thread(latents, tmp_path, raised, seen):
     tr = trainer(tmp_path / "run", latents, 6, "data.prefetch=2", "log.ckpt_every=0")
 
     def boom(step: int, terms: dict) -> dict:
         if step == 2:
-            raise RuntimeError("a failing step")
+            raise raised
         return terms
 
     tr.loss_hook = boom
-    with pytest.raises(RuntimeError, match="a failing step"):
+    with pytest.raises(seen):
         tr.run()
     assert prefetch_threads() == []
 

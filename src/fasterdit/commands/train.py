@@ -13,6 +13,7 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import sys
 from pathlib import Path
@@ -92,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
     if args.no_resume and ckpt_mod.latest_checkpoint(run_dir) is not None:
         raise UserError(f"{run_dir} already holds checkpoints; choose a new --run-dir (nothing was changed)")
     dist = init_distributed(cfg.train.device)
+    trainer: Trainer | None = None
     try:
         trainer = Trainer(
             cfg,
@@ -105,6 +107,10 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:  # Ctrl-C outside the training loop (setup, exit): a message, no traceback
         raise UserError("interrupted (Ctrl-C); checkpoints on disk are untouched") from None
     finally:  # a normal exit (no exception propagating) waits for every rank: see cleanup
+        # the DDP reducer and its gloo work go before the process group does: a reducer freed at
+        # interpreter exit, after the group, is one way gloo aborts a finished rank (see cleanup)
+        trainer = None
+        gc.collect()
         cleanup(synchronize=sys.exc_info()[0] is None)
     return 0
 
