@@ -117,6 +117,37 @@ def shift_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
     return rows
 
 
+def budget_check(results: Path) -> list[dict[str, Any]]:
+    """The protocol's choice of 1,050 steps, checked on the committed 2,100-step std sweep of
+    ``latent_convergence`` (the same latents, model and optimizer): its scales ranked by FID at 1,050 and at
+    2,100 steps, per law."""
+    rows = []
+    std = results.parent / "latent_convergence" / "std"
+    for law in sv.LAWS:
+        at: dict[int, dict[float, float]] = {1050: {}, 2100: {}}
+        for path in sorted(std.glob(f"{law}-x*-s0.json")):
+            m = json.loads(path.read_text())
+            for e in m["evals"]:
+                if e["step"] in at:
+                    at[e["step"]][float(m["settings"]["k"])] = float(e["fid"])
+        if not at[2100]:
+            continue
+        ranks = {step: sorted(fids, key=fids.get) for step, fids in at.items()}
+        first, last = ranks[1050], ranks[2100]
+        rows.append(
+            {"law": law, "ranking_1050": first, "ranking_2100": last, "same": first == last,
+             "best_same": first[0] == last[0]}
+        )  # fmt: skip
+    return rows
+
+
+def _budget_line(r: dict[str, Any]) -> str:
+    first = ", ".join(f"×{k:g}" for k in r["ranking_1050"])
+    last = ", ".join(f"×{k:g}" for k in r["ranking_2100"])
+    verdict = "the same ranking" if r["same"] else "the same best" if r["best_same"] else "DIFFERENT best"
+    return f"* {r['law']}: by FID at 1,050 steps {first}; at 2,100 {last}: {verdict}"
+
+
 def _plot(cases: list[dict[str, Any]], path: Path) -> Path | None:
     done = [c for c in cases if c["sweep"]]
     if not done:
@@ -151,6 +182,7 @@ def write(args: argparse.Namespace) -> Path:
     docs.mkdir(parents=True, exist_ok=True)
     png = _plot(cases, docs / "snr_validation.png")
     shift = shift_rows(args)
+    budget = budget_check(Path(args.results))
     data = {
         "cases": [{k: c[k] for k in CASE_KEYS} for c in cases],
         "readings": [
@@ -158,6 +190,7 @@ def write(args: argparse.Namespace) -> Path:
             for c in cases
         ],
         "scale_vs_shift": shift,
+        "budget_check": budget,
         "protocol": sv.__doc__,
         "lr": sv.LR,
         "lr_source": sv.LR_SOURCE,
@@ -201,6 +234,13 @@ def write(args: argparse.Namespace) -> Path:
             + ", ".join(f"{k}: {v:.3g}" for k, v in c["sweep"].items())
             for c in cases
         ],
+        "",
+        "## The budget: do 1,050 steps rank the scales as 2,100 do?",
+        "",
+        "On `latent_convergence`'s committed std sweep (scaled latents × k, seed 0, 2,100 steps, FID at "
+        "1,050 and 2,100):",
+        "",
+        *[_budget_line(r) for r in budget],
         "",
         "## Scale against shift (same PDF, different parametrisation)",
         "",
