@@ -26,7 +26,8 @@ Protocol (written before any run of it):
 * **Seeds**: 3 seeds (0, 1, 2) at the best k and at the recommended k. ``seed_spread`` = max − min of the
   final FID over the seeds at the best k.
 * **Verdict per case**: the goal is ``fid_recommended − fid_best ≤ seed_spread`` (the recommendation is as
-  good as the best within the noise), and, where the raw std is far from 1, ``fid_default − fid_recommended >
+  good as the best within the noise), and, where the raw std is far from 1 (≥ 3 or ≤ 1/3, as the issue
+  sets it), ``fid_default − fid_recommended >
   seed_spread`` (it beats ×1 beyond the noise). ``fid_default`` is the sweep's k = 1 run (raw data, no
   modulation). A miss is reported as a miss.
 * **Scale against shift** (``shift`` part): on (a) with lognorm, data × k against timestep shift s = 1/k (the

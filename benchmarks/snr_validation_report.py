@@ -86,12 +86,15 @@ def verdict(c: dict[str, Any]) -> str:
     within = gap <= c["seed_spread"]
     parts = [f"recommended − best = {gap:+.3g} vs seed spread {c['seed_spread']:.3g}: "
              + ("within the noise (goal met)" if within else "MISSED (worse than the noise)")]  # fmt: skip
-    if c["fid_default"] is not None and abs(math.log(c["raw_std"])) > math.log(1.4):
+    # "far from 1" as the issue sets it for its data sets: a raw std >= 3 or <= 1/3
+    if c["fid_default"] is not None and abs(math.log(c["raw_std"])) >= math.log(3.0):
         beat = c["fid_default"] - c["fid_recommended"]
         parts.append(
             f"×1 − recommended = {beat:+.3g}: "
             + ("better than ×1 beyond the noise" if beat > c["seed_spread"] else "NOT beyond the noise")
         )
+    else:
+        parts.append("raw std within [1/3, 3]: ×1 is not required to lose")
     return "; ".join(parts)
 
 
