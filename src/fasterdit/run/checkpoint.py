@@ -58,7 +58,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from fasterdit.errors import UserError
-from fasterdit.runtime.files import TMP_PREFIX, atomic_write_text, fsync_dir, remove_temps
+from fasterdit.runtime.files import TMP_PREFIX, atomic_write_text, fsync_dir, remove_path, remove_temps
 from fasterdit.runtime.hashed import write_tensors, write_torch
 
 __all__ = [
@@ -289,11 +289,7 @@ def remove_stale_temps(run_dir: str | Path) -> list[Path]:
         step = checkpoint_step(p)
         stale_step = step is not None and newest is not None and step < newest and not is_complete(p)
         if p.name.startswith((_TMP, _TRASH)) or (stale_step and p.is_dir()):
-            if p.is_dir() and not p.is_symlink():
-                shutil.rmtree(p, ignore_errors=True)
-            else:
-                with contextlib.suppress(OSError):
-                    p.unlink()
+            remove_path(p)
             removed.append(p)
     return removed
 

@@ -29,6 +29,7 @@ __all__ = [
     "follow_umask",
     "fsync_dir",
     "fsync_file",
+    "remove_path",
     "remove_temps",
     "temp_path",
 ]
@@ -75,13 +76,18 @@ def remove_temps(directory: Path) -> list[Path]:
     for p in sorted(directory.iterdir()):
         if not p.name.startswith(TMP_PREFIX):
             continue
-        if p.is_dir() and not p.is_symlink():
-            shutil.rmtree(p, ignore_errors=True)
-        else:
-            with contextlib.suppress(FileNotFoundError):
-                p.unlink()
+        remove_path(p)
         removed.append(p)
     return removed
+
+
+def remove_path(p: Path) -> None:
+    """Remove a leftover file or directory tree (a symlink itself, never its target); gone already is fine."""
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            p.unlink()
 
 
 def fsync_file(path: Path) -> None:
