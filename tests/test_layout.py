@@ -23,7 +23,7 @@ FLOORS = [
     {"viz"},
     {"run"},
     {"generate"},
-    {"eval"},
+    {"eval", "export"},
     {"train"},
     {"commands", "cli", "__main__", "__init__"},
 ]

@@ -29,6 +29,7 @@ COMMANDS: dict[str, str] = {
     "prepare": "fasterdit.commands.prepare",
     "eval": "fasterdit.commands.eval",
     "info": "fasterdit.commands.info",
+    "export": "fasterdit.commands.export",
 }
 
 

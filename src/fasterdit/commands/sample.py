@@ -19,6 +19,7 @@ samples were made. A PNG grid is sampled in this process.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -48,7 +49,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="PATH",
         help="run dir, checkpoint dir, or an official DiT or SiT checkpoint (.pt)",
     )
-    p.add_argument("--out", required=True, metavar="FILE", help="grid.png or samples.npz")
+    p.add_argument(
+        "--out", required=True, metavar="FILE",
+        help="grid.png, samples.npz, or DIR/ (a trailing slash or an existing folder: one PNG per sample "
+        "and labels.csv, from DIR/samples.npz)",
+    )  # fmt: skip
     add_sampling_arguments(p, purpose="sample")
     p.add_argument(
         "--labels",
@@ -79,9 +84,12 @@ def run(args: argparse.Namespace) -> int:
     from fasterdit.runtime.distributed import cleanup, init_distributed
 
     out = Path(args.out)
+    folder = args.out.endswith(("/", os.sep)) or out.is_dir()
+    if folder:
+        out = out / "samples.npz"  # the job's file; the PNGs are written from it
     png = out.suffix.lower() == ".png"
     if out.suffix.lower() not in (".png", ".npz"):
-        raise ConfigError("--out", f"must end in .png or .npz, got {out.name!r}")
+        raise ConfigError("--out", f"must end in .png or .npz (or / for a folder), got {out.name!r}")
     check_args(args, 1, png=png)
     if args.nrow is not None and args.nrow < 1:
         raise ConfigError("--nrow", f"must be >= 1 (leave it out for one row per label), got {args.nrow}")
@@ -110,6 +118,11 @@ def run(args: argparse.Namespace) -> int:
         res = run_job(args, lm, settings, out, dist)
         if dist.is_main:
             print(summary(res, lm, settings))
+            if folder:
+                from fasterdit.generate.folder import LABELS_CSV, write_image_folder
+
+                n = write_image_folder(out, out.parent)
+                print(f"wrote {n} PNGs and {LABELS_CSV} to {out.parent}")
         return 0
     finally:  # a normal exit (no exception propagating) waits for every rank: see cleanup
         cleanup(synchronize=sys.exc_info()[0] is None)

@@ -1,11 +1,14 @@
-"""Load a trained model for sampling or evaluation: from a run dir, one of our checkpoints, or an
-official DiT or SiT ``.pt``.
+"""Load a trained model for sampling or evaluation: from a run dir, one of our checkpoints, an
+official DiT or SiT ``.pt``, or a diffusers DiT pipeline folder.
 
 Why one entry point: ``fasterdit sample``, ``fasterdit eval``, the benchmarks and users' notebooks all
 need "the model, the recipe that trained it, and what its data looked like", whatever produced the file.
 Our checkpoints carry all three (``meta.json``); official DiT checkpoints are the ``dit`` recipe on
 SD-VAE latents by construction (DDPM-linear, ε, learned variance; latents already × 0.18215), official
 SiT checkpoints the ``sit`` recipe in SiT's reversed time. Each comes with its code's sampling defaults.
+A diffusers folder (``facebook/DiT-XL-2-256``'s layout: ``model_index.json``, ``transformer/``, ``vae/``)
+is the official DiT too, decoded by its own ``vae/``; one written by ``fasterdit export`` says in
+``fasterdit.json`` which recipe and data it was trained with.
 
 Why in ``generate/``, below ``train/`` and ``eval/``: it reads only the run format (:mod:`fasterdit.run`),
 so sampling and evaluating never import the trainer.
@@ -13,17 +16,24 @@ so sampling and evaluating never import the trainer.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import pickle
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 
 from fasterdit.diffusion.recipe import Recipe, get_preset
+from fasterdit.diffusion.scaling import DataScaling
 from fasterdit.errors import DataError, UserError
 from fasterdit.models import create_model
-from fasterdit.models.dit import DiT
+from fasterdit.models.diffusers_dit import from_diffusers
+from fasterdit.models.dit import CONFIGS, DiT
 from fasterdit.models.official import load_official
 from fasterdit.run import checkpoint as ckpt_mod
 from fasterdit.run.config import RunConfig, config_from_dict
@@ -34,6 +44,12 @@ __all__ = ["DataDescription", "FamilyDefaults", "LoadedModel", "load_model", "lo
 
 #: the VAE the official DiT sample.py decodes with by default
 OFFICIAL_DEFAULT_VAE = "stabilityai/sd-vae-ft-mse"
+#: what ``fasterdit export --format diffusers`` records in the folder it writes (read back here)
+EXPORT_META = "fasterdit.json"
+#: a diffusers transformer's weights, in the order diffusers itself prefers them
+_DIFFUSERS_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
+#: what reading a damaged weights file raises (safetensors' header check, a truncated or foreign pickle)
+_READ_ERRORS = (SafetensorError, pickle.UnpicklingError, EOFError, OSError, RuntimeError, ValueError)
 
 
 @dataclass(frozen=True)
@@ -73,7 +89,7 @@ class LoadedModel:
     family: FamilyDefaults | None  # how an official checkpoint's own code samples it; None for our runs
     data: DataDescription
     step: int | None  # None for official checkpoints
-    source: str  # "fasterdit", "official-dit" or "official-sit"
+    source: str  # "fasterdit", "official-dit", "official-sit" or "diffusers"
     path: Path
     #: the weights file read from one of our checkpoints ("ema.safetensors" or "model.safetensors") and
     #: the SHA-256 its meta.json records, kept because a running training may prune the checkpoint
@@ -100,6 +116,10 @@ def load_trained(
     path = Path(path).expanduser()
     if not path.exists():
         raise DataError(f"{path}: no such run directory, checkpoint or file")
+    if _is_diffusers(path):
+        lm = _load_diffusers(path)
+        lm.model = lm.model.float().to(device).eval()
+        return lm
     if _is_ours(path):
         return _load_ours(path, ema, device)
     return _load_official(path, ema, device, family)
@@ -204,6 +224,95 @@ def _load_official(path: Path, ema: bool, device, family: str | None) -> LoadedM
         origin=None,
     )
     return LoadedModel(model, recipe, cfg, family, data, None, f"official-{loaded.family}", path)
+
+
+def _is_diffusers(path: Path) -> bool:
+    return path.is_dir() and (path / "model_index.json").is_file() and (path / "transformer").is_dir()
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DataError(f"{path}: not readable JSON ({type(err).__name__}: {err})") from None
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _diffusers_weights(folder: Path) -> tuple[dict[str, torch.Tensor], Path]:
+    """The transformer's state dict and the file it came from (safetensors, else a ``.bin`` read with
+    ``weights_only=True``)."""
+    for name in _DIFFUSERS_WEIGHTS:
+        file = folder / name
+        if not file.is_file():
+            continue
+        try:
+            if file.suffix == ".safetensors":
+                return load_file(str(file), device="cpu"), file
+            state = torch.load(file, map_location="cpu", weights_only=True)
+        except _READ_ERRORS as err:
+            raise DataError(f"{file}: not readable weights ({type(err).__name__}: {err})") from None
+        if not isinstance(state, dict):
+            raise DataError(f"{file}: holds a {type(state).__name__}, not a state dict")
+        return state, file
+    raise DataError(f"{folder}: no {' or '.join(_DIFFUSERS_WEIGHTS)} (sharded weights are not read)")
+
+
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _load_diffusers(path: Path) -> LoadedModel:
+    """A diffusers DiT pipeline folder as a model on the CPU.
+
+    The transformer's per-block copies of the timestep and label embedders must be equal (DataError
+    naming the first that is not) and become the DiT's one embedder. Without ``fasterdit.json`` the
+    folder is the official DiT (``facebook/DiT-XL-2-256``): the ``dit`` recipe, sampled as DiT's
+    ``sample.py`` does. With it, the recipe, run config and data of the run it was exported from, with
+    the data scaling left out: the export folded it into ``vae/`` (or its ``scaling_factor``), so the
+    folder's own VAE decodes the model's diffusion space directly. Either way ``vae/`` decodes.
+    """
+    config = _read_json(path / "transformer" / "config.json")
+    state, file = _diffusers_weights(path / "transformer")
+    meta_file = path / EXPORT_META
+    meta = _read_json(meta_file) if meta_file.is_file() else None
+    null = None if meta is None else bool(meta.get("has_null_class", True))
+    model = from_diffusers(config, state, str(path / "transformer"), has_null_class=null).model
+    digest = _sha256(file)
+    weights = str(file.relative_to(path))
+    if meta is not None:
+        try:
+            recipe = replace(Recipe.from_dict(meta["recipe"]), scaling=DataScaling()).validate()
+            cfg = config_from_dict(meta["config"])
+            data = replace(DataDescription.from_dict(meta["data"], str(meta_file)), vae=str(path))
+            step = meta.get("step")
+        except (KeyError, UserError) as err:
+            raise DataError(f"{meta_file}: not what fasterdit export writes ({err})") from None
+        return LoadedModel(model, recipe, cfg, None, data, step, "diffusers", path, weights, digest)
+    arch = (len(model.blocks), model.hidden_size, model.patch_size)
+    name = next((n for n, c in CONFIGS.items() if (c.depth, c.hidden_size, c.patch_size) == arch), None)
+    model.config_name = name
+    family = DIT_SAMPLE if model.in_channels >= 3 else replace(DIT_SAMPLE, guide_channels=None)
+    dropout = float(model.y_embedder.dropout_prob) if model.y_embedder is not None else 0.0
+    cfg = config_from_dict(
+        {
+            "recipe": "dit",
+            "model": {
+                "name": name or "DiT-XL/2",
+                "learn_sigma": model.learn_sigma,
+                "class_dropout_prob": dropout,
+            },
+            "data": {"source": str(path)},
+        }
+    )
+    h, _w = model.input_size
+    data = DataDescription(
+        source=str(path), channels=int(model.in_channels), resolution=int(h),
+        num_classes=int(model.num_classes), is_latent=True, vae=str(path), origin=None,
+    )  # fmt: skip
+    return LoadedModel(model, get_preset("dit"), cfg, family, data, None, "diffusers", path, weights, digest)
 
 
 def load_on_every_rank(

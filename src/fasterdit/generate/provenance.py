@@ -25,10 +25,10 @@ def file_sha256(path: Path) -> str:
 def weights_file(lm: LoadedModel, ema: bool) -> Path:
     """The file the weights were read from (our EMA or raw safetensors, or the official file)."""
     assert lm.path is not None
+    if lm.weights_file is not None:  # what load_trained read (ours, or a diffusers folder's transformer)
+        return lm.path / lm.weights_file
     if lm.official:
         return lm.path
-    if lm.weights_file is not None:  # what load_trained read, whether or not the file is still there
-        return lm.path / lm.weights_file
     ema_file = lm.path / "ema.safetensors"
     return ema_file if ema and ema_file.is_file() else lm.path / "model.safetensors"
 
