@@ -29,6 +29,7 @@ the estimated wall time without running anything; every part prints it before st
     python benchmarks/latent_convergence.py --part long        # the same, seed 0, 4× the budget (--only)
     python benchmarks/latent_convergence.py --part ablations   # fasterdit without direction loss/lognorm/std
     python benchmarks/latent_convergence.py --part std         # FID vs data scale + `snr --recommend`
+    python benchmarks/latent_convergence.py --part repa        # sit+repa, fasterdit+repa (not in all)
     python benchmarks/latent_convergence.py --report           # the report from the metrics files that exist
     python benchmarks/latent_convergence.py --quick            # ≈ 1 min smoke run of every part (CI)
 
@@ -56,9 +57,19 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common
-from latent_convergence_plan import ABLATIONS, HEADLINE, LRS, PARTS, STD_LAWS, plan, print_estimate
+from latent_convergence_plan import (
+    ABLATIONS,
+    EXTRA_PARTS,
+    HEADLINE,
+    LRS,
+    PARTS,
+    REPA,
+    STD_LAWS,
+    plan,
+    print_estimate,
+)
 from latent_convergence_report import report
-from latent_convergence_runs import prepare_latents, run_part
+from latent_convergence_runs import prepare_latents, prepare_repa_latents, run_part
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -110,12 +121,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parts = [s.strip() for s in (args.part or "").split(",") if s.strip()]
     if parts == ["all"] or ((args.quick or args.estimate) and not parts and not args.report):
         parts = list(PARTS)
-    bad = [s for s in parts if s not in PARTS]
+    bad = [s for s in parts if s not in (*PARTS, *EXTRA_PARTS)]
     if bad:
-        p.error(f"unknown part(s) {bad}; choose from {', '.join(PARTS)} or all")
+        p.error(f"unknown part(s) {bad}; choose from {', '.join((*PARTS, *EXTRA_PARTS))} or all")
     if not parts and not args.report:
         p.error("give --part PART (lr, headline, long, ablations, std, all), --report, or --quick")
-    args.parts = [s for s in PARTS if s in parts]
+    args.parts = [s for s in (*PARTS, *EXTRA_PARTS) if s in parts]
     if args.quick:
         base = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="fasterdit-latent-quick-"))
         args.work = str(base)
@@ -126,9 +137,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.out = args.out or str(common.DOCS)
     args.latents = args.latents or str(Path(args.work) / "latents")
     args.only_set = {s.strip() for s in args.only.split(",") if s.strip()} if args.only else None
-    unknown = sorted((args.only_set or set()) - {*HEADLINE, *ABLATIONS, *STD_LAWS})
+    known = [*HEADLINE, *ABLATIONS, *STD_LAWS, *REPA]
+    unknown = sorted((args.only_set or set()) - set(known))
     if unknown:
-        p.error(f"--only: unknown {unknown}; choose from {', '.join([*HEADLINE, *ABLATIONS, *STD_LAWS])}")
+        p.error(f"--only: unknown {unknown}; choose from {', '.join(known)}")
     return args
 
 
@@ -142,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.parts:
         latents = prepare_latents(args)
+        if "repa" in args.parts:
+            prepare_repa_latents(args)
         for part in args.parts:
             run_part(args, part, latents)
     if args.report or (args.parts and not args.no_report):

@@ -36,6 +36,20 @@ STD_LAWS = ("lognorm", "uniform")  # timestep laws of the std part (flow-linear 
 HEADLINE = ("dit", "sit", "fasterdit")
 ABLATIONS = ("fasterdit-no-dir", "fasterdit-uniform", "fasterdit-no-std")
 PARTS = ("lr", "headline", "long", "ablations", "std")  # order of --part all (the lr sweep feeds the others)
+#: parts run only when named (``--part repa``), never by ``--part all``: issue #29's REPA variants
+EXTRA_PARTS = ("repa",)
+REPA = ("sit+repa", "fasterdit+repa")
+#: REPA on the test bed (docs/repa.md): the shipped self-supervised mnist-ssl encoder, features stored by
+#: ``prepare --align-encoder`` on the 4x4 token grid of DiT-Ti/2; λ 0.5 as REPA; depth 2 of DiT-Ti's 6 blocks
+#: (REPA: 8 of 28 for XL/2, 4 of 12 for B/2, about a third); projector width 512 for the 192-wide DiT-Ti
+#: (REPA's 2048 is for the 1152-wide XL: at 2048 the projector would cost more than the DiT-Ti step)
+REPA_ENCODER = "mnist-ssl"
+REPA_OVERRIDES = {
+    "align.weight": 0.5,
+    "align.depth": 2,
+    "align.encoder": REPA_ENCODER,
+    "align.projector_dim": 512,
+}
 SEVENTH = 1 / 7  # the paper's reading: FasterDiT at 1M steps vs DiT at 7M
 SPEEDUP_TARGET = {"dit": 7.0, "sit": 1.5}  # issue #18's targets
 
@@ -75,8 +89,16 @@ SIZES: dict[str, Sizes] = {
     "lr": Sizes(1400, 350),  # shorter budget (2/3), no converged-NFE evaluation
     "ablations": Sizes(2100, 300, (("*", (1.0,)),)),
     "std": Sizes(2100, 1050),  # fixed budget; the mid-run evaluation shows whether the ranking is stable
+    "repa": Sizes(2100, 300, (("*", (1.0,)),)),  # read against the headline's sit and fasterdit runs
 }
-SEEDS = {"headline": (0, 1, 2), "long": (0,), "lr": (0,), "ablations": (0, 1, 2), "std": (0,)}
+SEEDS = {
+    "headline": (0, 1, 2),
+    "long": (0,),
+    "lr": (0,),
+    "ablations": (0, 1, 2),
+    "std": (0,),
+    "repa": (0, 1, 2),
+}
 #: a one-seed curve counts as flat when its last 3 evaluations fall by less than this fraction of its final
 #: FID per 1,000 steps (with >= 2 seeds the drop is compared with the seed spread instead)
 FLAT_REL_SLOPE = 0.02
@@ -99,8 +121,9 @@ QUICK_SIZES: dict[str, Sizes] = {
     "lr": Sizes(2, 2, (), "DiT-Mi/2", 8, 50, 4, 1),
     "ablations": Sizes(4, 2, (("*", (1.0,)),), "DiT-Mi/2", 8, 50, 4, 1),
     "std": Sizes(2, 2, (), "DiT-Mi/2", 8, 50, 4, 1),
+    "repa": Sizes(2, 2, (("*", (1.0,)),), "DiT-Mi/2", 8, 50, 4, 1),
 }
-QUICK_SEEDS = {"headline": (0, 1), "long": (0,), "lr": (0,), "ablations": (0,), "std": (0,)}
+QUICK_SEEDS = {"headline": (0, 1), "long": (0,), "lr": (0,), "ablations": (0,), "std": (0,), "repa": (0,)}
 QUICK_LRS = (1e-3, 3e-3)
 QUICK_LR_VARIANTS = ("dit",)  # sit and fasterdit keep the default lr: both branches of the lr pick run
 QUICK_STD_SCALES = (0.5, 2.0)
@@ -130,6 +153,16 @@ VARIANTS: dict[str, tuple[str, dict[str, Any], str]] = {
         "FasterDiT without data-std modulation (the autoencoder's scaling_factor only, as DiT/SiT)",
     ),
 }
+VARIANTS.update(
+    {
+        f"{preset}+repa": (
+            preset,
+            dict(REPA_OVERRIDES),
+            f"{preset} + REPA alignment (mnist-ssl, depth 2, λ 0.5)",
+        )
+        for preset in ("sit", "fasterdit")
+    }
+)
 COLOURS = {**curves.COLOURS, "lognorm": "#d62728", "uniform": "#2ca02c"}
 EVAL_KEYS = (
     "step",
@@ -160,6 +193,17 @@ def std_overrides(law: str, k: float) -> dict[str, Any]:
         "scaling.mode": "scalar",
         "scaling.multiplier": float(k),
     }
+
+
+REPA_DATA = (
+    f"mnist-ae latents with {REPA_ENCODER} features: fasterdit prepare --images mnist --vae mnist-ae "
+    f"--resolution {RESOLUTION} --small pad --align-encoder {REPA_ENCODER}"
+)
+
+
+def repa_latents(args: argparse.Namespace) -> str:
+    """The repa part's prepared set: the latents of ``args.latents`` plus the stored mnist-ssl features."""
+    return str(Path(args.latents).with_name(Path(args.latents).name + "-repa"))
 
 
 def sampler_group(preset: str) -> str:
@@ -274,6 +318,16 @@ def plan(args: argparse.Namespace, part: str) -> list[Job]:
             for s in seeds:
                 if wanted(v):
                     jobs.append(Job(part, f"{v}-s{s}", v, preset, dict(ov), s, lr, src, sizes))
+    elif part == "repa":  # the headline's lr of the preset each variant adds REPA to
+        lrs = best_lrs(args)
+        for v in REPA:
+            preset, ov, _ = VARIANTS[v]
+            lr, src = lrs[preset]
+            for s in seeds:
+                if wanted(v):
+                    job = Job(part, f"{v}-s{s}", v, preset, dict(ov), s, lr, src, sizes)
+                    job.extra.update(source=repa_latents(args), data=REPA_DATA)
+                    jobs.append(job)
     else:  # std
         lr, src = best_lrs(args)["sit"]
         for law in QUICK_STD_LAWS if args.quick else STD_LAWS:

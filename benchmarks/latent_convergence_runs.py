@@ -26,11 +26,13 @@ from latent_convergence_plan import (
     EVAL_KEYS,
     GRAD_CLIP,
     QUICK_SPLIT,
+    REPA_ENCODER,
     RESOLUTION,
     STD_LAWS,
     Job,
     plan,
     print_estimate,
+    repa_latents,
     results_dir,
     settings_of,
     std_overrides,
@@ -40,18 +42,21 @@ from latent_convergence_plan import (
 SCRIPT = Path(__file__).resolve().with_name("latent_convergence.py")
 
 
-def prepare_latents(args: argparse.Namespace) -> dict[str, Any]:
-    """The mnist-ae latents of the MNIST training split (the held-out digits stay the FID reference).
+def prepare_latents(
+    args: argparse.Namespace, vae: str = "mnist-ae", out: str | None = None
+) -> dict[str, Any]:
+    """The latents of the MNIST training split under a built-in autoencoder (``mnist-ae`` into
+    ``args.latents`` by default; the held-out digits stay the FID reference).
 
     ``--quick`` encodes the 500 held-out digits instead of the 4,500 training digits, only to stay within
     its minute: the same command and code path, and its numbers mean nothing anyway."""
     from fasterdit.cli import main as cli
 
-    out = Path(args.latents)
-    manifest = out / "manifest.json"
+    out_dir = Path(args.latents if out is None else out)
+    manifest = out_dir / "manifest.json"
     if not manifest.is_file():
         split = QUICK_SPLIT if args.quick else "train"
-        common.log(f"preparing the mnist-ae latents of the MNIST {split} split in {out}")
+        common.log(f"preparing the {vae} latents of the MNIST {split} split in {out_dir}")
         argv = [
             "prepare",
             "--images",
@@ -59,13 +64,13 @@ def prepare_latents(args: argparse.Namespace) -> dict[str, Any]:
             "--split",
             split,
             "--vae",
-            "mnist-ae",
+            vae,
             "--resolution",
             str(RESOLUTION),
             "--small",
             "pad",
             "--out",
-            str(out),
+            str(out_dir),
             "--no-progress",
             "--workers",
             "0",
@@ -88,6 +93,27 @@ def prepare_latents(args: argparse.Namespace) -> dict[str, Any]:
             "origin",
         )
     }
+
+
+def prepare_repa_latents(args: argparse.Namespace) -> Path:
+    """The repa part's set: the same latents (same split, autoencoder, padding) plus the features of the
+    shipped self-supervised encoder, stored by ``prepare --align-encoder`` (docs/repa.md)."""
+    from fasterdit.cli import main as cli
+
+    out = Path(repa_latents(args))
+    if not (out / "manifest.json").is_file():
+        split = QUICK_SPLIT if args.quick else "train"
+        common.log(
+            f"preparing the mnist-ae latents with {REPA_ENCODER} features of the MNIST {split} split in {out}"
+        )
+        argv = [
+            "prepare", "--images", "mnist", "--split", split, "--vae", "mnist-ae",
+            "--resolution", str(RESOLUTION), "--small", "pad", "--align-encoder", REPA_ENCODER,
+            "--out", str(out), "--no-progress", "--workers", "0",
+        ]  # fmt: skip
+        if cli(argv) != 0:
+            raise SystemExit(f"fasterdit {' '.join(argv)} failed")
+    return out
 
 
 def converged_eval(run_dir: Path, step: int, conv: dict[str, Any], num_samples: int, seed: int) -> dict:

@@ -8,10 +8,12 @@ raw std is far from 1, by training.
 
 Protocol (written before any run of it):
 
-* **Data** (``DATASETS``): (a) ``latents-raw``: the ``mnist-ae`` latents without ``scaling_factor`` (raw
-  std ~1.65; the prepared latents × 1/scaling_factor); (b) ``ae-wide``: a second autoencoder whose raw latent
-  std is far from 1 (not built yet: listed as not run); (c) ``pixels``: the MNIST digits in [-1, 1]
-  (std ~0.62, mean ~-0.74). The raw data is what a user has; every run multiplies it by ``k``.
+* **Data** (``DATASETS``): (a) ``latents-raw``: the ``mnist-ae`` latents without ``scaling_factor`` (raw std
+  ~1.65; the prepared latents × 1/scaling_factor); (b) ``latents16-raw``: the latents of a second
+  autoencoder, ``mnist-ae16`` (16 channels, weak KL; built by ``scripts/train_autoencoder.py --variant
+  mnist-ae16`` after this protocol was written), whose raw std is far from 1, × 1/scaling_factor; (c)
+  ``pixels``: the MNIST digits in [-1, 1] (std ~0.62, mean ~-0.74). The raw data is what a user has; every
+  run multiplies it by ``k``.
 * **Laws**: rectified flow, velocity target (the ``sit`` preset), timesteps lognorm(0, 1) and uniform.
 * **Model and training**: as ``latent_convergence``'s std part: DiT-Ti/2 on the 8×8×4 latents (DiT-Ti/4 on
   28×28 pixels, the pixel demo's model), batch 64, AdamW lr 3e-3 (the best lr of ``latent_convergence``'s lr
@@ -34,12 +36,38 @@ Protocol (written before any run of it):
   same PDF of λ on the linear flow path: λ moves by −2·ln s), k ∈ {0.5, 2}, 3 seeds each: does the PDF alone
   predict the outcome?
 
+Calibration protocol (item 4 of the issue; written 2026-12-05, after (a)'s sweep and seeds showed the
+median rule missing on (a) with uniform, before any run of (b) or (c)):
+
+* **Why a new rule is needed.** The rule "put the median of λ_data at the window's centre (0 nats)" puts
+  both laws at the same median, so it gives both the same k. On (a) the best medians differ by law: about
+  +1.0 nats for lognorm (×1) and +1.0 … +2.4 for uniform (×1 ≈ ×2), and the committed 2,100-step std sweep
+  of ``latent_convergence`` on the same latents agrees (+0.7 and +1.75 nats). The uniform law's λ is wider
+  (logistic, std 3.6 nats, against lognorm's N(·, 2²)), and the wider law wants the data larger.
+* **The rule family, in λ terms (a target PDF).** "At most a fraction ``q`` of the λ_data PDF below
+  ``λ_lo``": k puts the ``q``-quantile of λ_data at ``λ_lo`` (``2·ln k = λ_lo − Q_law(q; data)``). Two
+  parameters, a position (``λ_lo``, nats) and a width (``q``); the old rule is the member ``q = 0.5,
+  λ_lo = 0``. It reads: the noise-dominated tail of training (λ below ``λ_lo``) gets at most ``q`` of the
+  steps, whatever the law's spread.
+* **Fit.** The best point of each (data, law) is the vertex of a parabola through the sweep's final log FID
+  against ln k at the lowest grid point and its two neighbours (the grid point itself when it is at an
+  edge), turned into the best λ_data quantiles by the real ``snr`` law. ``(λ_lo, q)`` minimise the squared
+  error in ``2·ln k`` over the four (data, law) cases of **(a) and (b)**, q on a grid of 0.01 … 0.99 with
+  λ_lo in closed form.
+* **Test on the held-out third, (c) pixels**: 3 seeds at the new rule's k for each law, and the verdict of
+  the main protocol (within the seed spread of the best; better than ×1 beyond it where the raw std is far
+  from 1). The report shows the old and the new rule side by side for every case, with the fitted values and
+  the fit's residuals; a leave-one-out fit (each data set held out in turn) is reported from the sweeps,
+  without new runs, as a reading of stability. If the new rule fails on (c), that is reported as a failure
+  and the shipped default stays the old rule.
+
 Parts, each resumable from its committed per-run metrics files
 (``benchmarks/results/snr_validation/<part>/<name>.json``), as ``latent_convergence``:
 
     python benchmarks/snr_validation.py --part sweep --data latents-raw --law lognorm   # 5 runs, ~25 min
     python benchmarks/snr_validation.py --part seeds --data latents-raw --law lognorm   # best + rec, 3 seeds
     python benchmarks/snr_validation.py --part shift                                    # 12 runs
+    python benchmarks/snr_validation.py --part calibrated   # after (a)'s and (b)'s sweeps: (c) at the fit
     python benchmarks/snr_validation.py --report        # docs/benchmarks/snr_validation.{md,json,png}
     python benchmarks/snr_validation.py --quick         # tiny smoke run (CI)
 """
@@ -82,12 +110,13 @@ class DataSet:
     name: str
     label: str
     model: str
-    built: bool = True
 
 
 DATASETS = {
     "latents-raw": DataSet("latents-raw", "(a) mnist-ae latents without scaling_factor", "DiT-Ti/2"),
-    "ae-wide": DataSet("ae-wide", "(b) a second autoencoder, raw latent std far from 1", "DiT-Ti/2", False),
+    "latents16-raw": DataSet(
+        "latents16-raw", "(b) mnist-ae16 latents (16 channels) without scaling_factor", "DiT-Ti/2"
+    ),
     "pixels": DataSet("pixels", "(c) MNIST pixels in [-1, 1]", "DiT-Ti/4"),
 }
 
@@ -97,19 +126,26 @@ def source_of(args: argparse.Namespace, data: str) -> tuple[str, float, str]:
     if data == "latents-raw":
         lat = prepare_latents(args)
         return args.latents, 1.0 / float(lat["scaling_factor"]), "mnist-ae latents × 1/scaling_factor"
+    if data == "latents16-raw":
+        out = Path(args.work) / "mnist-latent16"
+        lat = prepare_latents(args, vae="mnist-ae16", out=str(out))
+        return str(out), 1.0 / float(lat["scaling_factor"]), "mnist-ae16 latents × 1/scaling_factor"
     if data == "pixels":
         return ("digits" if args.quick else "mnist"), 1.0, "embedded MNIST training digits in [-1, 1]"
-    raise SystemExit(f"data set {data!r} is not built yet")
+    raise SystemExit(f"unknown data set {data!r} (one of {', '.join(DATASETS)})")
 
 
-def recommendation(args: argparse.Namespace, data: str, law: str) -> dict[str, Any]:
-    """``fasterdit snr --recommend`` for the law on the raw data (the real command), cached in the results."""
+def recommendation(
+    args: argparse.Namespace, data: str, law: str, tail: tuple[float, float] | None = None
+) -> dict[str, Any]:
+    """``fasterdit snr --recommend`` for the law on the raw data (the real command), cached in the results:
+    the shipped median rule, or with ``tail`` the calibrated rule (``--method tail --tail λ_lo,q``)."""
     from fasterdit.cli import main as cli
     from fasterdit.diffusion.recipe import get_preset
 
     path = Path(args.results) / "recommend.json"
     saved = json.loads(path.read_text()) if path.is_file() else {}
-    key = f"{data}/{law}"
+    key = f"{data}/{law}" if tail is None else f"{data}/{law}/tail({tail[0]:.6g},{tail[1]:.6g})"
     if key in saved:
         return saved[key]
     source, raw, _ = source_of(args, data)
@@ -117,6 +153,8 @@ def recommendation(args: argparse.Namespace, data: str, law: str) -> dict[str, A
     yml.parent.mkdir(parents=True, exist_ok=True)
     get_preset("sit").updated(std_overrides(law, raw)).to_yaml(yml)
     argv = ["snr", "--recipe", str(yml), "--data", source, "--recommend", "--mc", "0", "--json"]
+    if tail is not None:
+        argv += ["--method", "tail", f"--tail={tail[0]:.6g},{tail[1]:.6g}"]
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
         if cli(argv) != 0:
@@ -127,7 +165,8 @@ def recommendation(args: argparse.Namespace, data: str, law: str) -> dict[str, A
         "time_shift": rec["time_shift"],
         "raw_std": rec["effective_std_before"],  # the measured std x the multiplier to the raw data
         "median_before_nats": rec["median_before_nats"],
-        "command": f"fasterdit snr --recipe <sit + {law}, data x {raw:.4g}> --data {data} --recommend",
+        "command": f"fasterdit snr --recipe <sit + {law}, data x {raw:.4g}> --data {data} --recommend"
+        + ("" if tail is None else f" --method tail --tail={tail[0]:.6g},{tail[1]:.6g}"),
     }
     common.write_json(path, saved)
     return saved[key]
@@ -177,12 +216,22 @@ def plan(args: argparse.Namespace, part: str, data: str, law: str) -> list[Job]:
             for k in ks
             for s in seeds
         ]
+    if part == "calibrated":  # the held-out data set at the calibrated rule's k (item 4)
+        import snr_validation_calibrate as cal
+
+        fitted = cal.calibration(args)
+        if fitted["status"] != "fitted":
+            raise SystemExit(f"calibration: {fitted['status']}")
+        rec = recommendation(args, data, law, tail=(fitted["lam_lo"], fitted["q"]))["k"]
+        return [job_for(args, data, law, rec, s, part) for s in (SEEDS[:1] if args.quick else SEEDS)]
     # shift: data x k against time shift 1/k, on (a) with lognorm
     seeds = SEEDS[:1] if args.quick else SEEDS
     jobs = []
     for k in SHIFT_KS:
         for s in seeds:
-            jobs.append(job_for(args, "latents-raw", "lognorm", k, s, "shift"))
+            # data × k at seed 0 is the sweep's run (k is a sweep scale): the same settings, the same run
+            reuse = s == 0 and k in SCALES and not args.quick
+            jobs.append(job_for(args, "latents-raw", "lognorm", k, s, "sweep" if reuse else "shift"))
             jobs.append(job_for(args, "latents-raw", "lognorm", 1.0, s, "shift", time_shift=1.0 / k))
     return jobs
 
@@ -190,10 +239,17 @@ def plan(args: argparse.Namespace, part: str, data: str, law: str) -> list[Job]:
 def run(args: argparse.Namespace) -> None:
     import snr_validation_report as report
 
-    datas = args.data.split(",") if args.data else [d for d, v in DATASETS.items() if v.built]
+    datas = args.data.split(",") if args.data else list(DATASETS)
     laws = args.law.split(",") if args.law else list(LAWS)
     for part in args.part.split(","):
-        pairs = [("latents-raw", "lognorm")] if part == "shift" else [(d, w) for d in datas for w in laws]
+        if part == "shift":
+            pairs = [("latents-raw", "lognorm")]
+        elif part == "calibrated":
+            import snr_validation_calibrate as cal
+
+            pairs = [(cal.HELD_OUT, w) for w in laws]
+        else:
+            pairs = [(d, w) for d in datas for w in laws]
         for data, law in pairs:
             for job in plan(args, part, data, law):
                 run_job(args, job, {"source": job.extra["source"]})
@@ -202,8 +258,8 @@ def run(args: argparse.Namespace) -> None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--part", help="sweep, seeds, shift (comma-separated, in that order)")
-    p.add_argument("--data", help=f"data sets ({', '.join(DATASETS)}; default: every built one)")
+    p.add_argument("--part", help="sweep, seeds, shift, calibrated (comma-separated, in that order)")
+    p.add_argument("--data", help=f"data sets ({', '.join(DATASETS)}; default: all)")
     p.add_argument("--law", help="lognorm, uniform (default both)")
     p.add_argument("--report", action="store_true", help="assemble the report from the metrics files")
     p.add_argument("--quick", action="store_true", help="tiny smoke run of every part; temp dirs")

@@ -18,6 +18,7 @@ from typing import Any
 
 import common
 import snr_validation as sv
+import snr_validation_calibrate as cal
 
 CASE_KEYS = (
     "data",
@@ -35,7 +36,7 @@ CASE_KEYS = (
 def _runs_at(args: argparse.Namespace, data: str, law: str, k: float) -> list[dict[str, Any]]:
     """Every finished run of (data, law) at scale k, no shift, any seed (sweep and seeds parts)."""
     out = []
-    for part in ("sweep", "seeds"):
+    for part in ("sweep", "seeds", "calibrated"):
         for m in sv.finished(args, part):
             s = m["settings"]
             same = m["name"].startswith(f"{data}-{law}-") and s.get("time_shift", 1.0) == 1.0
@@ -98,12 +99,59 @@ def verdict(c: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
+def calibration_section(args: argparse.Namespace, cases: list[dict[str, Any]]) -> tuple[dict, list[str]]:
+    """Item 4: the fit, the old and the new rule side by side, and the held-out test where it has run."""
+    fitted = cal.calibration(args)
+    lines = ["## Calibration (item 4)", ""]
+    proto = sv.__doc__.split("Calibration protocol", 1)[1].split("Parts,")[0]
+    lines += ["Protocol" + proto.rstrip(), ""]
+    if fitted["status"] != "fitted":
+        return fitted, [*lines, f"Not fitted yet: {fitted['status']}.", ""]
+    lines += [
+        f"Fitted on {', '.join(fitted['fit_on'])}: **λ_lo = {fitted['lam_lo']:+.3f} nats, q = "
+        f"{fitted['q']:.2f}** (rms error in 2·ln k {fitted['rms_2lnk']:.3f} nats; the sweep's grid step is "
+        f"2·ln 2 = 1.386). The rule: at most {100 * fitted['q']:.0f}% of training below λ = "
+        f"{fitted['lam_lo']:+.2f} nats.",
+        "",
+    ]
+    by_case = {(c["data"], c["law"]): c for c in cases}
+    rows = []
+    for p in fitted["cases"]:
+        c = by_case[(p["data"], p["law"])]
+        held = [m for m in _runs_at(args, p["data"], p["law"], p["new_k"]) if m["part"] == "calibrated"]
+        fid_new = _mean_fid(held)
+        rows.append([p["data"], p["law"], "fit" if p["data"] in fitted["fit_on"] else "held out",
+                     _fmt(p["best_k"]), _fmt(p["old_k"]), _fmt(p["new_k"]), _fmt(c["fid_best"]),
+                     _fmt(c["fid_recommended"]), _fmt(fid_new), _fmt(c["seed_spread"])])  # fmt: skip
+        p["fid_new"] = fid_new
+        p["fid_new_seeds"] = [sv.final_fid(m) for m in held]
+    head = ["data", "law", "role", "best k (parabola)", "old rule k", "new rule k", "FID best",
+            "FID old rule", "FID new rule", "seed spread"]  # fmt: skip
+    lines += [
+        common.md_table(head, rows),
+        "",
+        "Leave-one-out (from the sweeps, no new runs): "
+        + "; ".join(
+            f"without {r['held_out']}: λ_lo {r['lam_lo']:+.2f}, q {r['q']:.2f}, its error in 2·ln k "
+            + ", ".join(f"{e:+.2f}" for e in r["held_out_errors_2lnk"])
+            for r in fitted["leave_one_out"]
+        ),
+        "",
+    ]
+    return fitted, lines
+
+
 def shift_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
     rows = []
     for k in sv.SHIFT_KS:
+        # seed 0 of data × k is the sweep's run; the shift part's own copy of it (run before the reuse) is
+        # its independent re-run and must agree to the last digit
         scale = [
             m for m in sv.finished(args, "shift") if m["name"].startswith(f"latents-raw-lognorm-k{k:.4g}-")
         ]
+        sweep0 = [m for m in sv.finished(args, "sweep") if m["name"] == f"latents-raw-lognorm-k{k:.4g}-s0"]
+        rerun = [m for m in scale if m["seed"] == 0]
+        scale = sorted([m for m in scale if m["seed"] != 0] + sweep0, key=lambda m: m["seed"])
         shift = [
             m
             for m in sv.finished(args, "shift")
@@ -115,6 +163,7 @@ def shift_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
                 "time_shift": 1 / k,
                 "fid_scale": [sv.final_fid(m) for m in scale],
                 "fid_shift": [sv.final_fid(m) for m in shift],
+                "rerun_of_sweep_seed0": [sv.final_fid(m) for m in rerun],
             }
         )
     return rows
@@ -186,6 +235,7 @@ def write(args: argparse.Namespace) -> Path:
     png = _plot(cases, docs / "snr_validation.png")
     shift = shift_rows(args)
     budget = budget_check(Path(args.results))
+    calibration, calibration_lines = calibration_section(args, cases)
     data = {
         "cases": [{k: c[k] for k in CASE_KEYS} for c in cases],
         "readings": [
@@ -193,6 +243,7 @@ def write(args: argparse.Namespace) -> Path:
             for c in cases
         ],
         "scale_vs_shift": shift,
+        "calibration": calibration,
         "budget_check": budget,
         "protocol": sv.__doc__,
         "lr": sv.LR,
@@ -238,6 +289,7 @@ def write(args: argparse.Namespace) -> Path:
             for c in cases
         ],
         "",
+        *calibration_lines,
         "## The budget: do 1,050 steps rank the scales as 2,100 do?",
         "",
         "On `latent_convergence`'s committed std sweep (scaled latents × k, seed 0, 2,100 steps, FID at "
@@ -248,13 +300,14 @@ def write(args: argparse.Namespace) -> Path:
         "## Scale against shift (same PDF, different parametrisation)",
         "",
         common.md_table(
-            ["k", "time shift 1/k", "FID, data × k (seeds)", "FID, shift 1/k (seeds)"],
+            ["k", "time shift 1/k", "FID, data × k (seeds)", "FID, shift 1/k (seeds)", "re-run of seed 0"],
             [
                 [
                     _fmt(r["k"]),
                     _fmt(r["time_shift"]),
                     ", ".join(f"{v:.3g}" for v in r["fid_scale"]) or "not run",
                     ", ".join(f"{v:.3g}" for v in r["fid_shift"]) or "not run",
+                    ", ".join(f"{v:.6g}" for v in r["rerun_of_sweep_seed0"]) or "—",
                 ]
                 for r in shift
             ],

@@ -2,6 +2,7 @@
 """Train the small KL autoencoder that fasterdit ships for latent diffusion on the embedded MNIST.
 
     python scripts/train_autoencoder.py                 # the shipped weights (seed 0, ~15 min on 2 cores)
+    python scripts/train_autoencoder.py --variant mnist-ae16        # the second one (16 channels)
     python scripts/train_autoencoder.py --steps 200 --out /tmp/ae   # a quick look
 
 Why it exists: FasterDiT is about DiTs trained on VAE latents (SD-VAE: 4 channels, raw std ~5.5, hence
@@ -19,6 +20,11 @@ without the perceptual and adversarial terms, which MNIST strokes do not need):
   ``scaling_factor`` is set afterwards to 1 / std of the training latents, as LDM set SD's;
 * only the embedded training split is used; the held-out split measures quality.
 
+``--variant mnist-ae16`` builds the second built-in autoencoder, the SNR validation's data set (b): the
+same f4 geometry with 16 latent channels (SD3's and FLUX's VAEs have 16) and SD-VAE's KL weight 1e-6,
+whose latents are then put at SD-VAE's raw std 1/0.18215 = 5.49 by an exact reparametrisation
+(``set_latent_gauge``): a new tokenizer's shape with the statistics of raw SD-VAE latents.
+
 Every random choice (initialisation, batch order, posterior noise) comes from the seed. Writes a diffusers
 folder (``config.json`` + ``diffusion_pytorch_model.safetensors``, whose metadata holds the settings and the
 measured quality, also written to ``fasterdit.json``) to ``src/fasterdit/assets/autoencoder_mnist/`` and
@@ -28,6 +34,7 @@ the quality table in ``docs/data.md``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import re
@@ -38,15 +45,48 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from fasterdit.data.autoencoder import MNIST_AE_CONFIG, MNIST_PADDED, latent_statistics
+from fasterdit.data.autoencoder import (
+    BUILTIN,
+    BUILTIN_CONFIGS,
+    MNIST_PADDED,
+    builtin_path,
+    latent_statistics,
+    set_latent_gauge,
+)
 from fasterdit.data.embedded import center_crop_images, load_embedded, pad_images
 from fasterdit.eval.classifier import classifier_outputs, load_classifier
 from fasterdit.eval.frechet import FeatureStats
 
 ROOT = Path(__file__).resolve().parents[1]
-ASSET = ROOT / "src" / "fasterdit" / "assets" / "autoencoder_mnist"
 DOCS = ROOT / "docs" / "data.md"
-TABLE_START, TABLE_END = "<!-- autoencoder-table:start -->", "<!-- autoencoder-table:end -->"
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """What differs between the built-in autoencoders: a description, the KL weight and, where set, the raw
+    latent std the trained autoencoder is reparametrised to (``set_latent_gauge``)."""
+
+    description: str
+    kl_weight: float
+    latent_std: float | None = None
+
+    def asset(self, name: str) -> Path:
+        return ROOT / "src" / "fasterdit" / "assets" / BUILTIN[name]
+
+    @staticmethod
+    def markers(name: str) -> tuple[str, str]:
+        tag = "autoencoder-table" if name == "mnist-ae" else f"autoencoder-table-{name}"
+        return f"<!-- {tag}:start -->", f"<!-- {tag}:end -->"
+
+
+VARIANTS = {
+    "mnist-ae": Variant("fasterdit MNIST KL autoencoder (f4, 4 latent channels)", 1e-5),
+    "mnist-ae16": Variant(
+        "fasterdit MNIST KL autoencoder (f4, 16 latent channels, latents at SD-VAE's raw std)",
+        1e-6,
+        latent_std=1.0 / 0.18215,
+    ),
+}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -55,20 +95,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3, help="Adam peak lr, cosine decay to 0 (1e-3)")
     p.add_argument("--warmup", type=int, default=100)
-    p.add_argument("--kl-weight", type=float, default=1e-5, help="weight of the summed KL term (1e-5)")
+    p.add_argument(
+        "--variant", choices=sorted(VARIANTS), default="mnist-ae", help="which built-in (mnist-ae)"
+    )
+    p.add_argument(
+        "--kl-weight",
+        type=float,
+        default=None,
+        help="weight of the summed KL term (the variant's: 1e-5, 1e-8)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--out", type=Path, default=ASSET, help=f"output folder ({ASSET.relative_to(ROOT)})")
+    p.add_argument("--out", type=Path, default=None, help="output folder (the variant's asset folder)")
     p.add_argument("--no-docs", action="store_true", help="do not rewrite the table in docs/data.md")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    variant = VARIANTS[args.variant]
+    args.kl_weight = variant.kl_weight if args.kl_weight is None else args.kl_weight
+    args.out = variant.asset(args.variant) if args.out is None else args.out
+    return args
 
 
-def build(seed: int):
+def build(variant: str, seed: int):
     from diffusers import AutoencoderKL  # lazy: the optional "vae" extra
 
     with torch.random.fork_rng(devices=[]):  # diffusers initialises from the global RNG: seed it, locally
         torch.manual_seed(seed)
-        return AutoencoderKL(**MNIST_AE_CONFIG)
+        return AutoencoderKL(**BUILTIN_CONFIGS[variant])
 
 
 def lr_at(step: int, args: argparse.Namespace) -> float:
@@ -83,7 +135,7 @@ def train(args: argparse.Namespace):
     images, _labels = load_embedded("mnist", "train")
     x_all = pad_images(images, MNIST_PADDED)
     g = torch.Generator().manual_seed(args.seed)
-    model = build(args.seed)
+    model = build(args.variant, args.seed)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     order, pos, t0 = torch.randperm(len(x_all), generator=g), 0, time.time()
     for step in range(args.steps):
@@ -147,7 +199,7 @@ def reconstruction_quality(model, seed: int) -> dict:
     }
 
 
-def write_docs(meta: dict) -> None:
+def write_docs(variant: str, meta: dict) -> None:
     q, s = meta["quality"], meta["latents"]
     rows = [
         "| measured on the 500 held-out digits | value |",
@@ -160,6 +212,7 @@ def write_docs(meta: dict) -> None:
         f"| FID-clf, real training digits vs held-out (N={q['n']}, the floor) | {q['fid_real']:.2f} |",
         f"| L1 per pixel (posterior mean, [-1, 1] scale) | {q['l1_per_pixel']:.4f} |",
         f"| raw latent std, pooled (training split) | {s['std']:.3f} |",
+        f"| raw latent std as trained, before the gauge (`set_latent_gauge`) | {s['trained_std']:.3f} |",
         f"| raw latent std per channel | {', '.join(f'{v:.3f}' for v in s['channel_std'])} |",
         f"| raw latent mean per channel | {', '.join(f'{v:.3f}' for v in s['channel_mean'])} |",
         f"| mean posterior std (the encoder's own noise) | {s['posterior_std']:.4f} |",
@@ -168,12 +221,13 @@ def write_docs(meta: dict) -> None:
         f"| training | {meta['settings']['steps']} steps x {meta['settings']['batch_size']}, "
         f"seed {meta['settings']['seed']}, {meta['train_seconds'] / 60:.1f} min on {meta['cpu']} |",
     ]
+    start, end = Variant.markers(variant)
     text = DOCS.read_text()
-    if TABLE_START not in text:
-        print(f"note: {DOCS} has no {TABLE_START} marker; table not written", file=sys.stderr)
+    if start not in text:
+        print(f"note: {DOCS} has no {start} marker; table not written", file=sys.stderr)
         return
-    pattern = re.compile(re.escape(TABLE_START) + ".*?" + re.escape(TABLE_END), re.S)
-    DOCS.write_text(pattern.sub(TABLE_START + "\n" + "\n".join(rows) + "\n" + TABLE_END, text))
+    pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.S)
+    DOCS.write_text(pattern.sub(start + "\n" + "\n".join(rows) + "\n" + end, text))
 
 
 def cpu_name() -> str:
@@ -189,14 +243,19 @@ def cpu_name() -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     model, x_train, seconds = train(args)
+    target = VARIANTS[args.variant].latent_std
+    trained_std = latent_statistics(model, x_train)["std"]
+    if target is not None:
+        set_latent_gauge(model, target / trained_std)
     stats = latent_statistics(model, x_train)
+    stats["trained_std"] = trained_std  # before the gauge (the same as std where none is set)
     model.register_to_config(scaling_factor=stats["scaling_factor"])
     quality = reconstruction_quality(model, seed=args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(args.out, safe_serialization=True)
     weights = args.out / "diffusion_pytorch_model.safetensors"
     meta = {
-        "name": "fasterdit MNIST KL autoencoder (f4, 4 latent channels)",
+        "name": VARIANTS[args.variant].description,
         "data": "embedded MNIST, training split (4,500 digits), 28x28 padded to 32x32 with the background",
         "input": {"native": 28, "padded": MNIST_PADDED, "pad_value": -1.0},
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "out"},
@@ -215,8 +274,8 @@ def main(argv: list[str] | None = None) -> int:
     meta["file_kb"] = weights.stat().st_size / 1024
     (args.out / "fasterdit.json").write_text(json.dumps(meta, indent=2) + "\n")
     print(json.dumps({"latents": stats, "quality": quality}, indent=2))
-    if not args.no_docs and args.out.resolve() == ASSET.resolve():
-        write_docs(meta)
+    if not args.no_docs and args.out.resolve() == builtin_path(args.variant).resolve():
+        write_docs(args.variant, meta)
     return 0
 
 

@@ -107,3 +107,46 @@ def test_export_writes_the_embedded_pixels_losslessly_once(tmp_path):
     mtime = files[0].stat().st_mtime_ns
     export_embedded("digits", "heldout", folder)  # complete: reused as it is
     assert files[0].stat().st_mtime_ns == mtime
+
+
+def test_the_latent_gauge_scales_the_latents_and_keeps_the_autoencoder():
+    """``set_latent_gauge(c)``: the posterior of every image becomes N(c·μ, c²·σ²) and decoding c·z gives
+    what decoding z gave, checked in float64 on a random (untrained) diffusers AutoencoderKL."""
+    from fasterdit.data.autoencoder import MNIST_AE16_CONFIG, set_latent_gauge
+
+    torch.manual_seed(0)
+    ae = diffusers.AutoencoderKL(**MNIST_AE16_CONFIG).double().eval()
+    x = torch.rand(3, 1, 32, 32, dtype=torch.float64) * 2 - 1
+    z = torch.randn(3, 16, 8, 8, dtype=torch.float64)
+    with torch.no_grad():
+        before = ae.encode(x).latent_dist
+        mean, std, out = before.mean.clone(), before.std.clone(), ae.decode(z).sample
+        set_latent_gauge(ae, 5.5)
+        after = ae.encode(x).latent_dist
+        torch.testing.assert_close(after.mean, 5.5 * mean, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(after.std, 5.5 * std, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(ae.decode(5.5 * z).sample, out, rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="c > 0"):
+        set_latent_gauge(ae, 0.0)
+
+
+def test_the_second_builtin_has_16_channels_and_sd_vae_statistics():
+    """``mnist-ae16`` (SNR validation's data set (b)): loads by name, 16 channels, the raw latent std of
+    SD-VAE (1/0.18215, recomputed here in float64 from the posterior moments), held-out digits survive."""
+    ae16 = load_vae("mnist-ae16")
+    assert ae16.config.latent_channels == 16 and vae_downsample_factor(ae16) == 4
+    x, _ = load_embedded("mnist", "train")
+    with torch.no_grad():
+        dist = ae16.encode(pad_images(x, MNIST_PADDED)).latent_dist
+    mean, var = dist.mean.double().numpy(), dist.var.double().numpy()
+    std = float(np.sqrt(mean.var() + var.mean()))
+    assert abs(std * 0.18215 - 1.0) < 1e-3 and abs(ae16.config.scaling_factor * std - 1.0) < 1e-4
+    held, labels = load_embedded("mnist", "heldout")
+    pick = torch.arange(0, 500, 25)
+    decode = latent_decoder("mnist-ae16", "cpu", crop=28)
+    with torch.no_grad():
+        z = ae16.encode(pad_images(held[pick], MNIST_PADDED)).latent_dist.mean * ae16.config.scaling_factor
+    recon = decode(z)
+    assert float((recon - held[pick]).abs().mean()) < 0.1
+    clf, _ = load_classifier("mnist")
+    assert int((classifier_outputs(clf, recon)[1].argmax(1) == labels[pick]).sum()) >= 19

@@ -146,9 +146,10 @@ def test_read_ahead_batches_equal_the_batches_read_in_the_step(latents, rank):
 
     plain, ahead = batches(0), batches(2)
     for step in range(6):
-        x0, y0 = plain.read(BatchKey(step, step * B))
-        x1, y1 = ahead.get(step, step * B)
+        x0, y0, f0 = plain.read(BatchKey(step, step * B))
+        x1, y1, f1 = ahead.get(step, step * B)
         assert torch.equal(x0, x1) and torch.equal(y0, y1) and x0.shape == (B // W, C, R, R)
+        assert f0 is None and f1 is None  # no REPA features asked for
     ahead.close()
     assert prefetch_threads() == []
 

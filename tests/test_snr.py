@@ -361,3 +361,45 @@ def test_cli_reference_recipe_matches_its_median(capsys):
     assert main([*argv, "--reference-recipe", "nope"]) == 2
     err = capsys.readouterr().err
     assert "--reference-recipe" in err and "Traceback" not in err
+
+
+# ------------------------------------------------------------------------------ the tail rule
+
+
+@pytest.mark.parametrize(("lam_lo", "q", "std"), [(-0.8, 0.2, 1.65), (0.5, 0.1, 5.49), (0.0, 0.35, 0.62)])
+def test_tail_rule_matches_the_closed_form_quantiles_of_both_flow_laws(lam_lo, q, std):
+    """On the linear flow path λ_data = −2·ln(t/(1 − t)) + 2·ln std: lognorm(0, 1) timesteps make it
+    N(2 ln std, 2²) (q-quantile 2 ln std + 2·Φ⁻¹(q)), uniform ones logistic with scale 2 (q-quantile
+    2 ln std + 2·ln(q/(1 − q))). The rule puts that quantile at λ_lo, so 2·ln k = λ_lo − quantile."""
+    closed = {
+        "lognorm": 2 * math.log(std) + 2 * sps.norm.ppf(q),
+        "uniform": 2 * math.log(std) + 2 * math.log(q / (1 - q)),
+    }
+    for law, quantile in closed.items():
+        rec = recommend_scale(_flow(law), std, method="tail", tail=(lam_lo, q))
+        assert 2 * math.log(rec.k) == pytest.approx(lam_lo - quantile, abs=1e-6)
+        moved = snr_distribution(_flow(law), std * rec.k)
+        assert float(moved.cdf(np.array([lam_lo]))[0]) == pytest.approx(q, abs=1e-7)
+
+
+def test_tail_rule_at_the_median_is_the_median_rule_and_gives_wider_laws_larger_data():
+    for law in ("lognorm", "uniform"):
+        a = recommend_scale(_flow(law), 1.65, method="tail", tail=(0.0, 0.5)).k
+        assert a == pytest.approx(recommend_scale(_flow(law), 1.65).k, rel=1e-6)
+    lognorm = recommend_scale(_flow("lognorm"), 1.65, method="tail", tail=(-1.0, 0.2)).k
+    uniform = recommend_scale(_flow("uniform"), 1.65, method="tail", tail=(-1.0, 0.2)).k
+    assert uniform > lognorm  # the logistic law's tail is heavier: it needs the data larger
+
+
+def test_tail_rule_through_the_cli_and_its_errors(capsys):
+    assert main(["snr", "--recipe", "sit", "--data-std", "1.65", "--recommend", "--method", "tail",
+                 "--tail=-0.8,0.2", "--mc", "0", "--json"]) == 0  # fmt: skip
+    rec = json.loads(capsys.readouterr().out)["curves"][0]["recommendation"]
+    direct = recommend_scale(get_preset("sit"), 1.65, method="tail", tail=(-0.8, 0.2))
+    assert rec["k"] == pytest.approx(direct.k, rel=1e-12) and rec["method"] == "tail"
+    for argv in (["--method", "tail"], ["--tail", "0,0.5"], ["--method", "tail", "--tail", "0,1.5"]):
+        assert main(["snr", "--recipe", "sit", "--recommend", "--mc", "0", *argv]) != 0
+        err = capsys.readouterr().err
+        assert err.startswith("fasterdit snr: error: --tail:") and err.count("\n") == 1
+    with pytest.raises(ConfigError, match="tail"):
+        recommend_scale(get_preset("sit"), 1.0, method="tail")

@@ -45,6 +45,7 @@ def test_quick_mode_runs_every_part_and_writes_the_cases(sv, capsys):
     # the raw latents: the scaled latents (std ~1) x 1/scaling_factor; the tool moves them back to std 1
     assert a["raw_std"] == pytest.approx(1.0 / a["recommended_scale"], rel=1e-6)
     assert a["best_scale"] in sv.SCALES and math.isfinite(a["fid_best"]) and a["seed_spread"] >= 0
-    assert cases[("ae-wide", "lognorm")]["fid_best"] is None  # not built: reported, never guessed
+    b = cases[("latents16-raw", "uniform")]  # the second autoencoder's raw latents, also moved to std 1
+    assert b["raw_std"] == pytest.approx(1.0 / b["recommended_scale"], rel=1e-6)
     assert len(report["scale_vs_shift"]) == len(sv.SHIFT_KS)
     assert all(r["fid_scale"] and r["fid_shift"] for r in report["scale_vs_shift"])

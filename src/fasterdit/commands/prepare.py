@@ -78,6 +78,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--workers", type=int, default=None, help="image-decoding worker processes per rank (auto)"
     )
+    p.add_argument(
+        "--align-encoder",
+        default=None,
+        metavar="NAME",
+        help="also store REPA's patch features of this encoder (mnist-ssl, dinov2-vitb14, a Dinov2Model "
+        "folder or hub id; docs/repa.md)",
+    )
+    p.add_argument(
+        "--align-grid",
+        type=int,
+        default=None,
+        metavar="G",
+        help="token-grid side of the stored features (default: stored side / 2, the /2 DiTs' grid)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -100,6 +114,8 @@ def run(args: argparse.Namespace) -> int:
         workers=args.workers,
         progress=not args.no_progress,
         split=args.split,
+        align_encoder=args.align_encoder,
+        align_grid=args.align_grid,
     )
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports
         return 0

@@ -80,10 +80,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--method",
-        choices=("median", "mass", "mean", "mode"),
+        choices=("median", "mass", "mean", "mode", "tail"),
         default="median",
         help="with --recommend: centre the median (default), maximise the mass in the window, "
-        "or match the mean/mode",
+        "match the mean/mode, or put a quantile at a λ (tail, with --tail)",
+    )
+    p.add_argument(
+        "--tail",
+        default=None,
+        metavar="LAMBDA_LO,Q",
+        help="with --method tail: put the Q-quantile of λ at LAMBDA_LO nats (0,0.5 is the median rule)",
     )
     p.add_argument(
         "--mc", type=int, default=200_000, metavar="N", help="Monte-Carlo draws for the check (0: skip)"
@@ -126,6 +132,20 @@ def _parse_window(value: str | None) -> tuple[float, float] | None:
     return lo, hi
 
 
+def _parse_tail(value: str | None, method: str) -> tuple[float, float] | None:
+    if (value is None) != (method != "tail"):
+        raise ConfigError("--tail", "give --tail LAMBDA_LO,Q exactly when --method is tail")
+    if value is None:
+        return None
+    try:
+        lam, q = (float(v) for v in _split(value))
+    except ValueError:
+        raise ConfigError("--tail", f"expected two numbers LAMBDA_LO,Q, got {value!r}") from None
+    if not (math.isfinite(lam) and 0.0 < q < 1.0):
+        raise ConfigError("--tail", f"needs a finite LAMBDA_LO (nats) and 0 < Q < 1, got {value!r}")
+    return lam, q
+
+
 def _load(spec: str, option: str) -> Recipe:
     from fasterdit.diffusion.recipe import load_recipe
 
@@ -136,6 +156,27 @@ def _load(spec: str, option: str) -> Recipe:
         if isinstance(err, ConfigError) and err.field == "recipe":  # "--recipe: recipe: ..." reads badly
             msg = msg[len("recipe: ") :]
         raise ConfigError(option, msg) from None
+
+
+#: the recipe fields a stage changes that move the λ density (the rest are loss weights)
+_LAW_FIELDS = ("timesteps", "timestep_params", "time_shift")
+
+
+def _with_stages(
+    recipes: list[tuple[str, Recipe]],
+) -> tuple[list[tuple[str, Recipe, int | None]], dict[str, list[str]]]:
+    """Each recipe's curve, plus one per stage of its step schedule that changes the timestep law (the
+    recipe in force after that step); and each scheduled recipe's stages, described, by its spec."""
+    out: list[tuple[str, Recipe, int | None]] = []
+    schedules: dict[str, list[str]] = {}
+    for spec, recipe in recipes:
+        out.append((spec, recipe.at(0), None))
+        if recipe.stages:
+            schedules[spec] = recipe.describe_stages()
+        for st in recipe.stages:
+            if any(k in st.set for k in _LAW_FIELDS):
+                out.append((spec, recipe.at(st.at), st.at))
+    return out, schedules
 
 
 def run(args: argparse.Namespace) -> int:
@@ -151,10 +192,12 @@ def run(args: argparse.Namespace) -> int:
     u = args.units
     window_user = _parse_window(args.window)
     window = window_user or snr.default_window()
+    tail = _parse_tail(args.tail, args.method)
 
     recipes = [(args.recipe, _load(args.recipe, "--recipe"))]
     for spec in _split(args.compare or ""):
         recipes.append((spec, _load(spec, "--compare")))
+    recipes, schedules = _with_stages(recipes)
 
     measured = None
     if args.data is not None:
@@ -166,9 +209,10 @@ def run(args: argparse.Namespace) -> int:
         stds = _parse_stds(args.data_std)
 
     dists = []
-    for spec, recipe in recipes:
+    for spec, recipe, after in recipes:
         for s in stds:
             label = snr.recipe_label(recipe, spec)  # an unnamed YAML recipe: its file name
+            label += f">{after}" if after is not None else ""  # a stage's law: "fasterdit>4000"
             dists.extend(snr.snr_distributions(recipe, s, per_channel=args.per_channel, label=label))
             where = snr.placement(recipe, s)
             if where.far:  # the silent failure: unscaled latents, or scaled twice (stderr: --json stays JSON)
@@ -191,7 +235,7 @@ def run(args: argparse.Namespace) -> int:
             if args.reference_recipe is not None:
                 ref = _load(args.reference_recipe, "--reference-recipe")
             entry["recommendation"] = snr.recommend_scale(
-                d, window=window, reference=ref, reference_std=d.data_std, method=args.method
+                d, window=window, reference=ref, reference_std=d.data_std, method=args.method, tail=tail
             ).to_dict(u)
         curves.append(entry)
 
@@ -213,6 +257,8 @@ def run(args: argparse.Namespace) -> int:
         "curves": curves,
         "plot": plot_path,
     }
+    if schedules:
+        result["schedules"] = schedules
     if measured is not None:
         result["data"] = {
             "source": str(args.data),
@@ -258,6 +304,8 @@ def _print_table(result: dict[str, Any], u: str) -> None:
         cols += [_fmt(q[k], 8) for k in ("5%", "25%", "50%", "75%", "95%")]
         cols.append(_fmt(s.get("mass_in_window"), 8, 3))
         print(f"{name:<14}{c['data_std']:>9.4g}{c['effective_std']:>9.4g}" + "".join(cols))
+    for name, lines in result.get("schedules", {}).items():
+        print(f"step schedule of {name} (rows 'NAME>N': the timestep law after step N): " + "; ".join(lines))
     mcs = [c["monte_carlo"] for c in result["curves"] if "monte_carlo" in c]
     if mcs:
         ks = max(m["ks_distance"] for m in mcs)

@@ -13,6 +13,7 @@ architecture, its input size, its built-in name and the latent statistics.
 
 from __future__ import annotations
 
+import math
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -35,11 +36,19 @@ MNIST_AE_CONFIG: dict[str, Any] = {
 }
 
 
-#: the shipped autoencoder's input side: 28x28 digits centred on a 32x32 background (32 = 4 x 8 latents)
+#: the second shipped autoencoder (``mnist-ae16``): the same f4 geometry with 16 latent channels (as the
+#: VAEs of SD3 and FLUX have), trained with a much weaker KL weight, so that its raw latent std sits far
+#: from 1 (the SNR validation's data set (b)); ~250k parameters.
+MNIST_AE16_CONFIG: dict[str, Any] = {**MNIST_AE_CONFIG, "latent_channels": 16}
+
+#: the shipped autoencoders' input side: 28x28 digits centred on a 32x32 background (32 = 4 x 8 latents)
 MNIST_PADDED = 32
 
 #: short built-in names -> folders inside the installed package
-BUILTIN = {"mnist-ae": "autoencoder_mnist"}
+BUILTIN = {"mnist-ae": "autoencoder_mnist", "mnist-ae16": "autoencoder_mnist16"}
+
+#: the diffusers ``AutoencoderKL`` arguments of each built-in autoencoder
+BUILTIN_CONFIGS: dict[str, dict[str, Any]] = {"mnist-ae": MNIST_AE_CONFIG, "mnist-ae16": MNIST_AE16_CONFIG}
 
 
 def builtin_path(name: str) -> Path | None:
@@ -71,3 +80,21 @@ def latent_statistics(vae, images: torch.Tensor, batch_size: int = 500) -> dict[
         "scaling_factor": 1.0 / std,
         "count": len(images),
     }
+
+
+@torch.no_grad()
+def set_latent_gauge(model, c: float) -> None:
+    """Multiply the latents of ``model`` by ``c`` without changing the autoencoder: the posterior mean is
+    scaled by c and its log-variance moved by 2·ln c (``quant_conv``'s mean and log-variance rows), and
+    the decoder divides by c first (``post_quant_conv``'s input columns). The scale of a KL autoencoder's
+    latents is such a free gauge; only the small KL term pins it, and SD-VAE's std 5.5 is where its long
+    training left it. A 15-minute CPU training leaves it near 1.6, so ``mnist-ae16`` is put at SD-VAE's std
+    exactly this way (``scripts/train_autoencoder.py``): the same reconstructions (tested), the statistics
+    a user of SD-VAE faces. Exact up to float rounding, for any c > 0."""
+    if not (math.isfinite(c) and c > 0):
+        raise ValueError(f"the latent gauge needs a finite c > 0, got {c}")
+    ch = model.config.latent_channels
+    model.quant_conv.weight[:ch] *= c
+    model.quant_conv.bias[:ch] *= c
+    model.quant_conv.bias[ch:] += 2.0 * math.log(c)
+    model.post_quant_conv.weight /= c

@@ -13,7 +13,10 @@ Shard tensors (``n`` items each):
   ``--storage-dtype fp16``), the raw posterior of the VAE, unscaled;
 * pixel sets: ``pixels`` ``(n, 3, H, W)`` uint8;
 * both: ``label`` int64 ``(n,)``, ``index`` int64 (line of the source image in ``files.txt``) and
-  ``flipped`` uint8 (1 for a stored mirrored copy).
+  ``flipped`` uint8 (1 for a stored mirrored copy);
+* optionally (``prepare --align-encoder``): ``features`` ``(n, D, g, g)`` float16, the patch features of a
+  REPA encoder on the source image (the mirrored image for a stored mirrored copy), on a ``g`` x ``g``
+  token grid; the manifest's ``align_features`` says which encoder and grid (docs/repa.md).
 
 :meth:`PreparedDataset.get_batch` returns what the model trains on: for latents a fresh draw
 ``z = (mean + exp(logvar / 2) · ε - shift_factor) · scaling_factor`` with ``ε`` from the caller's
@@ -215,6 +218,8 @@ class PreparedDataset:
                 f"{self.path / MANIFEST}: flip must be one of {FLIP_MODES}, got {self.flip_mode!r}"
             )
         self.random_flip = (self.flip_mode == "random") if flip is None else bool(flip)
+        #: {"encoder", "grid", "dim"} of the stored REPA features, or None when the set has none
+        self.align_features: dict[str, Any] | None = m.get("align_features")
         shape = (self.channels, self.resolution, self.resolution)
         if self.is_latent:
             dt = "F32|F16"
@@ -222,6 +227,9 @@ class PreparedDataset:
         else:
             expected = {"pixels": ("U8", shape)}
         expected["label"] = ("I64", ())
+        if self.align_features is not None:
+            af = self.align_features
+            expected["features"] = ("F16", (int(af["dim"]), int(af["grid"]), int(af["grid"])))
         self._shards = [
             _Shard(self.path / s["file"], s["num_items"], s.get("rank", 0), expected)
             for s in m["shards"]
@@ -293,17 +301,40 @@ class PreparedDataset:
         flip mask (when flipping), so a batch is a deterministic function of the indices and the
         generator's state.
         """
+        x, y, _ = self._read(indices, generator, features=False)
+        return x, y
+
+    def get_batch_features(
+        self, indices: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`get_batch` (the same draws) plus the stored REPA features ``(B, D, g, g)`` float32, mirrored
+        with the items that the random flip mirrors (the mirrored feature grid: an approximation, as flipping
+        a latent is; a set prepared with ``--flip`` stores the features of the mirrored images)."""
+        if self.align_features is None:
+            raise DataError(f"{self.path}: no REPA features stored (prepare with --align-encoder)")
+        x, y, f = self._read(indices, generator, features=True)
+        assert f is not None
+        return x, y, f
+
+    def _read(
+        self, indices: torch.Tensor, generator: torch.Generator | None, features: bool
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         idx = torch.as_tensor(indices).reshape(-1).to("cpu", torch.int64).numpy()
         n = len(self)
         if idx.size and (idx.min() < 0 or idx.max() >= n):
             raise IndexError(f"index out of range for a prepared set of {n} items: {idx.min()}..{idx.max()}")
         device = generator.device if generator is not None else torch.device("cpu")
         names = ("mean", "logvar", "label") if self.is_latent else ("pixels", "label")
+        names += ("features",) if features else ()
         data = self._gather(idx, names) if idx.size else {}
         shape = (len(idx), self.channels, self.resolution, self.resolution)
         if not idx.size:
-            return torch.zeros(shape, device=device), torch.zeros(0, dtype=torch.long, device=device)
+            af = self.align_features or {"dim": 0, "grid": 0}
+            f0 = torch.zeros(0, int(af["dim"]), int(af["grid"]), int(af["grid"]), device=device)
+            return (torch.zeros(shape, device=device), torch.zeros(0, dtype=torch.long, device=device),
+                    f0 if features else None)  # fmt: skip
         y = torch.from_numpy(data["label"]).to(device)
+        f = torch.from_numpy(data["features"]).to(device=device, dtype=torch.float32) if features else None
         if self.is_latent:
             mean = torch.from_numpy(data["mean"]).to(device=device, dtype=torch.float32)
             logvar = torch.from_numpy(data["logvar"]).to(device=device, dtype=torch.float32)
@@ -314,4 +345,6 @@ class PreparedDataset:
         if self.random_flip:
             mask = torch.rand(len(idx), generator=generator, device=device) < 0.5
             x = torch.where(mask[:, None, None, None], x.flip(-1), x)
-        return x, y
+            if f is not None:
+                f = torch.where(mask[:, None, None, None], f.flip(-1), f)
+        return x, y, f

@@ -23,6 +23,9 @@ backpropagate) plus detached ``"mse"``, ``"mse_weighted"``, ``"direction"``, ``"
   ``KL(q(x_{i−1}|x_i, x₀) ‖ p(x_{i−1}|x_i))`` (decoder NLL at i = 0) in bits per dim is computed with
   the mean prediction *detached*, so it trains only the variance, and added with weight
   ``vb_weight`` (DiT: 1, i.e. iDDPM's λ = 0.001 times the T = 1000 terms of L_vlb).
+* **Representation alignment** (REPA, ``recipe.align.weight`` > 0): ``weight · mean over tokens of
+  −cos(projector(tokens after block k), encoder feature)`` (:mod:`.align`), with the tokens captured by a
+  hook during the same forward pass and the clean image's features passed in (``features``).
 
 Label dropout for classifier-free guidance is the model's job (``class_dropout_prob``), not the loss's.
 """
@@ -35,6 +38,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from fasterdit.diffusion.align import TokenCapture, align_loss
 from fasterdit.diffusion.recipe import Recipe
 from fasterdit.diffusion.schedules import Schedule, _f64, ddpm_posterior
 from fasterdit.diffusion.targets import convert, expand_like, target_from_data
@@ -186,19 +190,31 @@ def _randn(
     return torch.randn(shape, generator=generator, device=generator.device, dtype=dtype).to(device)
 
 
+class AlignTerm:
+    """What the alignment term needs besides the recipe: the hook on block k and the projector (the
+    module itself, or its DDP wrapper, whose backward all-reduces the projector's gradients)."""
+
+    def __init__(self, capture: TokenCapture, projector: torch.nn.Module):
+        self.capture, self.projector = capture, projector
+
+
 class DiffusionLoss:
     """The loss of a Recipe; see the module docstring for the terms.
 
     ``patch_size`` is the model's token size, the default p of the ``token`` direction loss (when
     ``loss.direction_patch`` is unset): given here by whoever builds the model, so the loss never has
-    to look inside the (DDP- or compile-wrapped) model for it.
+    to look inside the (DDP- or compile-wrapped) model for it. ``align`` is the alignment term's hook and
+    projector, needed when ``recipe.align.weight`` > 0.
     """
 
-    def __init__(self, recipe: Recipe, patch_size: int | None = None):
+    def __init__(self, recipe: Recipe, patch_size: int | None = None, align: AlignTerm | None = None):
         self.recipe = recipe.validate()
         self.patch_size = patch_size
         self.schedule = recipe.schedule_obj
         self.sampler = recipe.timestep_sampler_obj
+        self.align = align if recipe.align.enabled else None
+        if recipe.align.enabled and align is None:
+            raise ConfigError("recipe.align.weight", "the alignment term needs its projector and hook")
 
     def prepare(self, x0: Tensor) -> None:
         """Fill the per-device constants that a call on data like ``x0`` reads: the data scaling's and,
@@ -218,12 +234,14 @@ class DiffusionLoss:
         t: Tensor | None = None,
         noise: Tensor | None = None,
         model_kwargs: dict[str, Any] | None = None,
+        features: Tensor | None = None,
     ) -> dict[str, Tensor]:
         """Loss terms for a batch of clean data ``x0`` (data space) with labels ``y``.
 
         ``t`` (in [0, 1]) and ``noise`` (diffusion space) may be given to evaluate the loss at fixed
         draws; otherwise they come from the recipe's sampler and ``generator``. ``model_kwargs`` go to
-        the model call (e.g. the trainer's label-dropout mask ``force_drop_ids``).
+        the model call (e.g. the trainer's label-dropout mask ``force_drop_ids``). ``features`` (N, T, D):
+        the encoder's patch features of the clean images, on the DiT's token grid (alignment term only).
         """
         r, sched = self.recipe, self.schedule
         x = r.scaling.forward(x0)
@@ -238,7 +256,14 @@ class DiffusionLoss:
         eps = noise.to(x) if noise is not None else _randn(x.shape, generator, x.device, x.dtype)
         x_t = expand_like(sched.alpha(t64), x) * x + expand_like(sched.sigma(t64), x) * eps
 
-        out = r.network_output(model(x_t, r.model_time(t64), y, **(model_kwargs or {})))
+        if self.align is None:
+            out = r.network_output(model(x_t, r.model_time(t64), y, **(model_kwargs or {})))
+        else:
+            if features is None:
+                raise ConfigError("recipe.align.encoder", "the alignment term needs the encoder's features")
+            with self.align.capture.armed() as cap:
+                out = r.network_output(model(x_t, r.model_time(t64), y, **(model_kwargs or {})))
+            tokens = cap.take()
         if out.dtype != x.dtype:
             out = out.to(x.dtype)  # compute the loss in the data's precision, not autocast's
         want = 2 * c if r.learn_sigma else c
@@ -276,6 +301,11 @@ class DiffusionLoss:
             vb = dit_vb_terms(x, x_t, eps_hat.detach(), out[:, c:], index, sched)
             per_sample = per_sample + r.loss.vb_weight * vb
             terms["vb"] = vb.mean()
+
+        if self.align is not None:
+            a = align_loss(self.align.projector(tokens), features)
+            per_sample = per_sample + r.align.weight * a.to(per_sample.dtype)
+            terms["align"] = a.mean()
 
         terms = {k: v.detach() for k, v in terms.items()}
         terms["loss"] = per_sample.mean()

@@ -19,6 +19,11 @@ step ``t·N − 1`` (0…999, as the official DiT), ``scaled`` feeds ``t·time_s
 so the sinusoidal embedding with max_period 10000 resolves t as finely as DiT's indices),
 ``reversed`` feeds ``1 − t`` (official SiT checkpoints, whose time runs from noise 0 to data 1; their
 velocity, dx/ds, is then the negative of ours, see :meth:`Recipe.network_output`).
+
+Two further sections act on any preset (docs/repa.md): ``align`` adds REPA's representation-alignment term
+(Yu et al. 2025; weight 0, the default, leaves the recipe as it was), and ``stages`` changes loss weights or
+the timestep law from a given step on (:meth:`Recipe.at`), e.g. the alignment weight to 0 after step N or
+lognorm -> uniform after step N. Both are saved with the run like every other field.
 """
 
 from __future__ import annotations
@@ -175,6 +180,70 @@ class SamplerConfig:
             )
 
 
+#: the recipe fields a stage may change: loss weights and the timestep law, never what the network is or
+#: predicts (path, target, time input, data scaling, the projector's shape), so one model trains throughout
+STAGE_FIELDS = (
+    "align.weight",
+    "loss.direction_weight",
+    "loss.weighting",
+    "loss.min_snr_gamma",
+    "loss.vb_weight",
+    "timesteps",
+    "timestep_params",
+    "time_shift",
+)
+
+
+@dataclass
+class AlignConfig:
+    """REPA's representation alignment (Yu et al. 2025, "Representation Alignment for Generation").
+
+    The DiT's tokens after block ``depth`` go through an MLP projector (hidden -> ``projector_dim`` ->
+    ``projector_dim`` -> encoder dim, SiLU) and are pulled towards the patch features of a frozen
+    self-supervised ``encoder`` on the clean image: ``weight`` times the mean over tokens of
+    ``-cos(projected token, feature)``. The projector trains with the DiT and is saved in the training
+    state only; the sampling model never has it.
+
+    Attributes:
+        weight: λ (REPA's ``proj_coeff``, 0.5 there); 0 disables the term (no projector, no encoder).
+        depth: k, 1-based: the tokens after the k-th block (REPA: 8 for XL/2 and L/2, 4 for B/2).
+        encoder: the feature encoder: ``dinov2-vitb14`` style names or a hub id / local folder of a
+            transformers ``Dinov2Model``, or the shipped ``mnist-ssl`` (docs/repa.md).
+        projector_dim: the projector's hidden width (REPA: 2048).
+    """
+
+    weight: float = 0.0
+    depth: int = 8
+    encoder: str = "dinov2-vitb14"
+    projector_dim: int = 2048
+
+    @property
+    def enabled(self) -> bool:
+        return self.weight > 0
+
+    def validate(self) -> None:
+        _check_number("align.weight", self.weight, nonneg=True)
+        for name, value in (("align.depth", self.depth), ("align.projector_dim", self.projector_dim)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(name, f"must be a positive integer, got {value!r}")
+        if not isinstance(self.encoder, str) or not self.encoder.strip():
+            raise ConfigError("align.encoder", f"must name an encoder, got {self.encoder!r}")
+
+
+@dataclass
+class Stage:
+    """After ``at`` optimizer steps (from the step of 0-based index ``at`` on), the recipe with the dotted
+    ``set`` overrides (only :data:`STAGE_FIELDS`), e.g. ``{at: 40000, set: {align.weight: 0}}``. A stage that
+    sets ``timesteps`` without ``timestep_params`` gives the new law its default parameters."""
+
+    at: int = 0
+    set: dict[str, Any] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        changes = ", ".join(f"{k}={v}" for k, v in self.set.items())
+        return f"after step {self.at}: {changes}"
+
+
 @dataclass
 class Recipe:
     """Every training-strategy choice. Build from a preset (:func:`get_preset`), a dict or YAML.
@@ -196,6 +265,8 @@ class Recipe:
     scaling: DataScaling = field(default_factory=DataScaling)
     loss: LossConfig = field(default_factory=LossConfig)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    align: AlignConfig = field(default_factory=AlignConfig)
+    stages: list[Stage] = field(default_factory=list)
 
     # --- built objects (rebuilt when the fields they depend on change) --------------------------------
     @property
@@ -302,7 +373,82 @@ class Recipe:
         self.scaling.validate()
         self.loss.validate()
         self.sampler.validate(sched)
+        self.align.validate()
+        self._validate_stages()
         return self
+
+    def _validate_stages(self) -> None:
+        """Stages in increasing order of ``at``, each changing only :data:`STAGE_FIELDS`, each giving a valid
+        recipe (checked by building it)."""
+        last = -1
+        for i, st in enumerate(self.stages):
+            name = f"stages[{i}]"
+            if isinstance(st.at, bool) or not isinstance(st.at, int) or st.at <= last:
+                raise ConfigError(
+                    f"{name}.at",
+                    f"must be an integer step > {last} (stages in increasing order), got {st.at!r}",
+                )
+            last = st.at
+            if not st.set:
+                raise ConfigError(f"{name}.set", "changes nothing; give e.g. {align.weight: 0}")
+            for key in st.set:
+                if key not in STAGE_FIELDS:
+                    raise ConfigError(
+                        f"{name}.set",
+                        f"{key!r} cannot change during a run; allowed: {', '.join(STAGE_FIELDS)}",
+                    )
+        for i in range(len(self.stages)):
+            try:
+                self._stage_recipe(i + 1)
+            except ConfigError as err:
+                raise ConfigError(f"stages[{i}].set", f"gives an invalid recipe ({err})") from None
+
+    # --- step schedules ---------------------------------------------------------------------------------
+    def stage_index(self, step: int) -> int:
+        """How many stages have begun by 0-based ``step`` (0: the base recipe)."""
+        return sum(1 for st in self.stages if st.at <= step)
+
+    def at(self, step: int) -> Recipe:
+        """The recipe in force at 0-based optimizer ``step``: the base with every begun stage applied.
+
+        Built once per stage and cached; the returned recipe has no stages of its own (without stages
+        it is this recipe itself)."""
+        if not self.stages:
+            return self
+        return self._stage_recipe(self.stage_index(step))
+
+    def _stage_recipe(self, k: int) -> Recipe:
+        cache = self.__dict__.setdefault("_stages_built", {})
+        key = (k, repr(self.to_dict()))
+        if key not in cache:
+            d = self.to_dict()
+            d["stages"] = []
+            for st in self.stages[:k]:
+                if "timesteps" in st.set and "timestep_params" not in st.set:
+                    d["timestep_params"] = {}  # a new law starts from its own defaults, not the old law's
+                for dotted, value in st.set.items():
+                    apply_dotted(
+                        d, dotted, copy.deepcopy(value), what="recipe", open_sections=PARAMS_SECTIONS
+                    )
+            built = from_mapping(Recipe, d)
+            built.validate()
+            cache[key] = built
+        return cache[key]
+
+    def stage_recipes(self) -> list[Recipe]:
+        """The recipe of each stage, ``[base, after stage 1, ...]``: index :meth:`stage_index` (step)."""
+        if not self.stages:
+            return [self]
+        return [self._stage_recipe(k) for k in range(len(self.stages) + 1)]
+
+    @property
+    def uses_align(self) -> bool:
+        """Whether any stage trains the alignment term (then the projector exists from step 0)."""
+        return self.align.enabled or any(self.at(st.at).align.enabled for st in self.stages)
+
+    def describe_stages(self) -> list[str]:
+        """One line per stage, for the run summary and ``fasterdit snr``."""
+        return [st.describe() for st in self.stages]
 
     # --- data statistics ------------------------------------------------------------------------------
     def resolve(self, data: Tensor | None = None, **stats: Any) -> Recipe:
@@ -328,7 +474,9 @@ class Recipe:
 
     # --- (de)serialisation -------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return to_mapping(self)
+        d = to_mapping(self)
+        d["stages"] = [to_mapping(st) for st in self.stages]  # the codec writes sections, not lists of them
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Recipe:

@@ -660,6 +660,7 @@ def recommend_scale(
     reference: RecipeLike | LogSNRDistribution | None = None,
     reference_std: DataStd | None = None,
     method: str = "median",
+    tail: tuple[float, float] | None = None,
 ) -> ScaleRecommendation:
     """The multiplier k that moves a recipe's log-SNR law where it should be.
 
@@ -668,17 +669,25 @@ def recommend_scale(
       match those instead. ``reference_std`` is the data std for the reference (default ``data_std``).
     * otherwise a target window (default :func:`default_window`): ``"median"`` puts the median at the
       window's centre; ``"mass"`` maximises the probability inside the window.
+    * ``method="tail"``: a target PDF by its low-SNR tail, ``tail = (λ_lo, q)``: k puts the ``q``-quantile
+      of λ_data at ``λ_lo`` nats, so at most a fraction ``q`` of training sits below ``λ_lo`` whatever the
+      law's spread (a wider law gets larger data). ``(0, 0.5)`` is the median rule; the calibration of
+      ``benchmarks/snr_validation.py`` fits ``(λ_lo, q)`` by training.
 
     ``recipe`` may also be a LogSNRDistribution (then ``data_std`` is ignored).
     """
-    if method not in ("median", "mean", "mode", "mass"):
-        raise ConfigError("method", f"must be median, mean, mode or mass, got {method!r}")
+    if method not in ("median", "mean", "mode", "mass", "tail"):
+        raise ConfigError("method", f"must be median, mean, mode, mass or tail, got {method!r}")
+    if (method == "tail") != (tail is not None):
+        raise ConfigError("tail", "give (λ_lo, q) exactly when the method is 'tail'")
+    if tail is not None and not (math.isfinite(tail[0]) and 0.0 < tail[1] < 1.0):
+        raise ConfigError("tail", f"needs a finite λ_lo (nats) and 0 < q < 1, got {tail!r}")
     dist = recipe if isinstance(recipe, LogSNRDistribution) else snr_distribution(recipe, data_std)
     s = dist.summary(window)
     stat = {"median": s.median, "mean": s.mean, "mode": s.mode}
     if reference is not None:
-        if method == "mass":
-            raise ConfigError("method", "'mass' needs a window, not a reference recipe")
+        if method in ("mass", "tail"):
+            raise ConfigError("method", f"{method!r} sets its own target, not a reference recipe")
         ref = (
             reference
             if isinstance(reference, LogSNRDistribution)
@@ -693,6 +702,9 @@ def recommend_scale(
         if method == "mass":
             shift = _best_shift_for_window(dist, window)
             target = "maximum mass in window"
+        elif tail is not None:
+            shift = tail[0] - float(dist.quantile([tail[1]])[0])
+            target = f"{tail[1]:.3g}-quantile at {tail[0]:+.4g} nats"
         else:
             shift = 0.5 * (window[0] + window[1]) - stat[method]
             target = f"{method} at window centre"

@@ -18,6 +18,7 @@ from fasterdit.errors import ConfigError, UserError
 from fasterdit.models import create_model
 from fasterdit.run.config import RunConfig, check_world
 from fasterdit.train import preflight
+from fasterdit.train.align import check_alignment
 
 __all__ = [
     "ShapeOnly",
@@ -137,7 +138,7 @@ def check_config(cfg: RunConfig, world_size: int = 1, *, shape_if_missing: bool 
     if classes and max(classes) >= max(source.num_classes, 1):
         raise ConfigError("sample.classes", f"the data has {source.num_classes} classes, got {classes}")
     recipe = resolve_recipe_on_data(recipe, source)
-    build_model(cfg, source, recipe, "meta")
+    check_alignment(recipe, source, build_model(cfg, source, recipe, "meta"))
 
     preflight.check_samplers(cfg)
     preflight.check_guidance(cfg, int(source.num_classes))

@@ -19,6 +19,7 @@ from fasterdit.diffusion.losses import DiffusionLoss
 from fasterdit.errors import ConfigError
 from fasterdit.models.dit import DiT
 from fasterdit.run.config import OptimConfig, TrainConfig
+from fasterdit.train.align import AlignParts, build_alignment, stored_features
 from fasterdit.train.build import build_model
 from fasterdit.train.data_order import INIT_TAG, IndexStream, derive_seed, rank_slice
 from fasterdit.train.ema import EMA
@@ -27,7 +28,8 @@ from fasterdit.train.state import RunContext
 
 __all__ = ["LossTerms", "TrainParts", "build_parts"]
 
-#: one micro-batch's loss terms at given draws: (x, y, t, noise, drop mask) -> {"loss": ..., terms}
+#: one micro-batch's loss terms at given draws: (x, y, t, noise, drop mask, REPA features or None, stage)
+#: -> {"loss": ..., terms}
 LossTerms = Callable[..., dict[str, torch.Tensor]]
 
 
@@ -51,6 +53,16 @@ class TrainParts:
     step_loss: LossTerms  # what the step calls: ``loss_terms`` compiled, or ``loss_terms`` itself
     gen: torch.Generator  # the step's generator, reseeded from (seed, step) every step
     stop_flag: torch.Tensor  # the stop flag's device buffer, all-reduced with the step's stats
+    align: AlignParts | None = None  # REPA's projector, hook and encoder, when a stage of the recipe aligns
+
+    def no_sync(self, last: bool) -> contextlib.AbstractContextManager:
+        """DDP's ``no_sync`` of the DiT (and the projector) on every micro-batch but the ``last``."""
+        stack = contextlib.ExitStack()
+        if not last:
+            for wrapper in (self.ddp, self.align.ddp if self.align is not None else None):
+                if wrapper is not None:
+                    stack.enter_context(wrapper.no_sync())
+        return stack
 
     @property
     def is_cuda(self) -> bool:
@@ -149,14 +161,19 @@ def build_parts(ctx: RunContext) -> TrainParts:
             share=rank_slice(B, d.world_size, d.rank),
             device=dev,
             depth=cfg.data.prefetch,
+            features=ctx.recipe.uses_align and stored_features(source) is not None,
         )
 
     # model: identical init on every rank (DDP also broadcasts rank 0's weights)
     torch.manual_seed(derive_seed(cfg.seed, INIT_TAG))
     model = build_model(cfg, source, ctx.recipe, "cpu").to(dev)
     model.train()
+    # REPA's projector: right after the DiT from the same seeded RNG (the DiT's init does not change)
+    align = build_alignment(ctx.recipe, source, model, dev, d.distributed)
     ema = EMA(model, cfg.train.ema_decay, cfg.train.ema_warmup)
     params = [p for p in model.parameters() if p.requires_grad]
+    if align is not None:  # one AdamW over both, as REPA's (its projectors are SiT submodules)
+        params += list(align.projector.parameters())
     opt, fused = build_optimizer(cfg.optim, params, dev)
 
     train_model: torch.nn.Module = model
@@ -169,7 +186,11 @@ def build_parts(ctx: RunContext) -> TrainParts:
             gradient_as_bucket_view=True,
         )
         train_model = ddp
-    loss_fn = DiffusionLoss(ctx.recipe, patch_size=model.patch_size)
+    # one loss per stage of the recipe (its step schedule: recipe.stages), each with its own weights/law
+    term = align.term if align is not None else None
+    stage_losses = [
+        DiffusionLoss(r, patch_size=model.patch_size, align=term) for r in ctx.recipe.stage_recipes()
+    ]
     # train.compile: on one process the whole loss (noising, DiT, target, MSE, direction cosine) is one
     # graph, so inductor fuses the loss's element-wise work with the model's (measured ~10% faster than
     # compiling the model alone, benchmarks/throughput.py); under DDP the module is compiled, so
@@ -178,22 +199,32 @@ def build_parts(ctx: RunContext) -> TrainParts:
         train_model = torch.compile(train_model, backend=cfg.train.compile_backend)
 
     def loss_terms(
-        x: torch.Tensor, y: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, drop: torch.Tensor | None
+        x: torch.Tensor,
+        y: torch.Tensor,
+        t: torch.Tensor,
+        noise: torch.Tensor,
+        drop: torch.Tensor | None,
+        features: torch.Tensor | None = None,
+        stage: int = 0,
     ) -> dict[str, torch.Tensor]:
-        """One micro-batch's loss terms at the given draws.
+        """One micro-batch's loss terms at the given draws, under the recipe of stage ``stage``.
 
         The label-dropout mask reaches the DiT as its ``force_drop_ids`` (drawn for the global batch, see
-        :mod:`fasterdit.train.step`), so the model never draws from the global RNG.
+        :mod:`fasterdit.train.step`), so the model never draws from the global RNG. ``features``: the
+        REPA targets (N, T, D) when the stage aligns.
         """
         kwargs = {"force_drop_ids": drop} if drop is not None else None
-        return loss_fn(train_model, x, y, t=t, noise=noise, model_kwargs=kwargs)
+        return stage_losses[stage](
+            train_model, x, y, t=t, noise=noise, model_kwargs=kwargs, features=features
+        )
 
     step_loss: LossTerms = loss_terms
     if cfg.train.compile and not d.distributed:
         step_loss = torch.compile(loss_terms, backend=cfg.train.compile_backend)
         # fill the loss's per-device constants (data scaling, posterior tables) now: filling them inside
         # the first compiled call would fail a guard on the second and compile the step twice
-        loss_fn.prepare(torch.zeros(1, source.channels, source.resolution, source.resolution, device=dev))
+        for loss_fn in stage_losses:
+            loss_fn.prepare(torch.zeros(1, source.channels, source.resolution, source.resolution, device=dev))
     return TrainParts(
         device=dev,
         amp_dtype=amp_dtype,
@@ -209,4 +240,5 @@ def build_parts(ctx: RunContext) -> TrainParts:
         step_loss=step_loss,
         gen=torch.Generator(device=dev),
         stop_flag=torch.zeros((), device=dev),
+        align=align,
     )

@@ -25,10 +25,14 @@ from typing import Generic, TypeVar
 
 import torch
 
+from fasterdit.data.prepared import PreparedDataset
 from fasterdit.data.source import BatchSource
 from fasterdit.train.data_order import LATENT_TAG, IndexStream, derive_seed
 
-__all__ = ["BatchKey", "Prefetcher", "RankBatches"]
+__all__ = ["Batch", "BatchKey", "Prefetcher", "RankBatches"]
+
+#: one rank's batch: data, labels and the stored REPA features (None without them)
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]
 
 #: the name of the reading thread (``threading.enumerate()`` shows it while a run reads ahead)
 THREAD_NAME = "fasterdit-prefetch"
@@ -104,7 +108,8 @@ class RankBatches:
     """This rank's share of every step's batch of a memory-mapped set, on the CPU (pinned for CUDA).
 
     ``get(step, position)`` is what the training step copies to the device; ``read`` is the same batch
-    read in the calling thread (what ``data.prefetch: 0`` does, and what the thread runs).
+    read in the calling thread (what ``data.prefetch: 0`` does, and what the thread runs). With
+    ``features`` (a run with REPA's alignment on a set that stores its features) the batch carries them.
     """
 
     def __init__(
@@ -118,24 +123,34 @@ class RankBatches:
         share: slice,
         device: torch.device,
         depth: int,
+        features: bool = False,
     ):
+        if features and not isinstance(source, PreparedDataset):
+            raise TypeError("stored features are read from a prepared set")
+        self.features = features
         self.source, self.stream, self.seed, self.rank = source, stream, seed, rank
         self.batch_size, self.share, self.device = batch_size, share, device
-        self._prefetch: Prefetcher[BatchKey, tuple[torch.Tensor, torch.Tensor]] = Prefetcher(
+        self._prefetch: Prefetcher[BatchKey, Batch] = Prefetcher(
             self.read, self._next, depth, init=self._bind_device
         )
 
-    def read(self, key: BatchKey) -> tuple[torch.Tensor, torch.Tensor]:
+    def read(self, key: BatchKey) -> Batch:
         """The rows of the global batch at ``key.position`` in this rank's share, with the latents drawn
-        from a CPU generator seeded by (seed, step, rank)."""
+        from a CPU generator seeded by (seed, step, rank) (and the stored features, or None)."""
         idx = self.stream.take(key.position, self.batch_size)[self.share]
         g = torch.Generator().manual_seed(derive_seed(self.seed, LATENT_TAG, key.step, self.rank))
-        x, y = self.source.get_batch(idx, g)
+        f = None
+        if self.features:
+            assert isinstance(self.source, PreparedDataset)
+            x, y, f = self.source.get_batch_features(idx, g)
+        else:
+            x, y = self.source.get_batch(idx, g)
         if self.device.type == "cuda":
             x, y = x.pin_memory(), y.pin_memory()
-        return x, y
+            f = None if f is None else f.pin_memory()
+        return x, y, f
 
-    def get(self, step: int, position: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def get(self, step: int, position: int) -> Batch:
         return self._prefetch.get(BatchKey(step, position))
 
     def close(self) -> None:

@@ -3,7 +3,9 @@
 What a checkpoint holds (see :mod:`fasterdit.run.checkpoint` for the crash-safe format): the raw and
 EMA weights, the optimizer, the :class:`~fasterdit.train.state.TrainState` counters (the rollback count
 and lr scale of ``train.on_nonfinite: rollback`` included), every rank's RNG states and the step
-generator. Why the RNG states although each step reseeds its own generator: the
+generator; with REPA's alignment, the projector's weights in ``state.pt`` (``align_projector``), never
+beside the model's, so the model and EMA files hold exactly the official DiT's parameters. Why the RNG
+states although each step reseeds its own generator: the
 global RNGs are the user's (a test hook, a custom loss), and restoring them costs nothing.
 
 Reliability (docs/training.md, "Guarantees"): a checkpoint is written only from finite weights (one check
@@ -201,6 +203,7 @@ class Checkpointer:
             st.rollbacks = int(saved.get("rollbacks", 0))
             st.lr_scale = float(saved.get("lr_scale", 1.0))
             parts.ema.num_updates = int(saved.get("ema_updates", st.step))
+            self._apply_projector(saved.get("align_projector"))
             rng = saved.get("rng", [])
             if len(rng) == dist.world_size:
                 set_rng_state(rng[dist.rank])
@@ -220,6 +223,19 @@ class Checkpointer:
                 f"warning: the dataset has {len(source)} items but the checkpoint was trained on "
                 f"{data.get('size')}; the data order will differ from an uninterrupted run"
             )
+
+    def _apply_projector(self, state: dict[str, torch.Tensor] | None) -> None:
+        """Put REPA's projector back; a checkpoint without one (alignment turned on with
+        --allow-config-change) leaves the fresh projector, with a warning."""
+        align = self.parts.align
+        if align is None:
+            return
+        if state is None:
+            self.ctx.console.say(
+                "warning: the checkpoint has no REPA projector; it starts from its initialisation"
+            )
+            return
+        align.projector.load_state_dict({k: v.to(self.parts.device) for k, v in state.items()})
 
     def _check_compatible(self, path: Path, meta: dict[str, Any]) -> None:
         """ConfigError when the run's config differs from the (verified) checkpoint's in what cannot
@@ -268,6 +284,10 @@ class Checkpointer:
             parts = self.parts
             named = {f"model.{k}": v for k, v in parts.model.state_dict().items()}
             named.update({f"ema.{k}": v for k, v in parts.ema.state_dict().items()})
+            if parts.align is not None:
+                named.update(
+                    {f"align_projector.{k}": v for k, v in parts.align.projector.state_dict().items()}
+                )
             for i, st in enumerate(parts.opt.state.values()):
                 named.update({f"optimizer.{i}.{k}": v for k, v in st.items() if isinstance(v, torch.Tensor)})
             bad = ckpt_mod.nonfinite_names(named)
@@ -306,6 +326,9 @@ class Checkpointer:
                 "ema_updates": parts.ema.num_updates,
                 "rng": rng,
                 "generators": {"step": parts.gen.get_state()},
+                **(
+                    {"align_projector": parts.align.projector.state_dict()} if parts.align is not None else {}
+                ),
                 "data": {
                     "position": st.images_seen,
                     "size": len(ctx.source),

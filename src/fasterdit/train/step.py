@@ -20,7 +20,6 @@ How one optimizer step works (the hot path), and why:
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -89,15 +88,21 @@ def draw_global(
     return Draws(t, noise, drop)
 
 
-def _batch(ctx: RunContext, parts: TrainParts, step: int, images_seen: int, share: slice):
-    """This rank's share of the batch, on the device."""
+def _batch(
+    ctx: RunContext, parts: TrainParts, step: int, images_seen: int, share: slice
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """This rank's share of the batch, on the device, with the stored REPA features when the set has them
+    and the run aligns (else None)."""
     if parts.batches is None:  # resident tensors, indices already on the device: one index_select
-        return ctx.source.get_batch(parts.stream.take(images_seen, ctx.cfg.train.batch_size)[share])
+        x, y = ctx.source.get_batch(parts.stream.take(images_seen, ctx.cfg.train.batch_size)[share])
+        return x, y, None
     # memory-mapped shards: read and draw the latents on the CPU (ahead, in a thread, with data.prefetch;
     # train/prefetch.py), then copy from pinned memory without blocking, so the host never waits for the
     # GPU's queue here
-    x, y = parts.batches.get(step, images_seen)
-    return x.to(parts.device, non_blocking=True), y.to(parts.device, non_blocking=True)
+    x, y, f = parts.batches.get(step, images_seen)
+    dev = parts.device
+    f = None if f is None else f.to(dev, non_blocking=True)
+    return x.to(dev, non_blocking=True), y.to(dev, non_blocking=True), f
 
 
 def train_step(
@@ -119,9 +124,16 @@ def train_step(
     b = B // W // A
     share = rank_slice(B, W, d.rank)
 
+    # the recipe's step schedule (recipe.stages): the timestep law and the loss weights in force now
+    stage = ctx.recipe.stage_index(step)
+    recipe = ctx.recipe.at(step)
     parts.gen.manual_seed(derive_seed(cfg.seed, STEP_TAG, step))
-    draws = draw_global(ctx.recipe, ctx.source, parts.model, parts.gen, parts.device, B)
-    x, y = _batch(ctx, parts, step, images_seen, share)
+    draws = draw_global(recipe, ctx.source, parts.model, parts.gen, parts.device, B)
+    x, y, stored = _batch(ctx, parts, step, images_seen, share)
+    feats = None
+    if parts.align is not None and recipe.align.enabled:  # REPA's targets: stored, or the encoder on x
+        with parts.autocast():
+            feats = parts.align.features(x, stored)
 
     lr = lr_at(cfg.optim, step) * lr_scale
     for group in parts.opt.param_groups:
@@ -132,10 +144,10 @@ def train_step(
     for a in range(A):
         rows = slice(a * b, (a + 1) * b)
         mb = draws.rows(slice(share.start + a * b, share.start + (a + 1) * b))
-        sync_ctx = parts.ddp.no_sync() if (parts.ddp is not None and a < A - 1) else contextlib.nullcontext()
-        with sync_ctx:
+        with parts.no_sync(last=a == A - 1):
             with parts.autocast():
-                terms = parts.step_loss(x[rows], y[rows], mb.t, mb.noise, mb.drop)
+                f = None if feats is None else feats[rows]
+                terms = parts.step_loss(x[rows], y[rows], mb.t, mb.noise, mb.drop, f, stage)
             if loss_hook is not None:
                 terms = loss_hook(step, terms)
             loss = terms["loss"]

@@ -346,6 +346,18 @@ class Trainer:
                 kimg=f"{self.state.images_seen / 1000:.1f}",
             )
 
+    def _describe_align(self, parts: TrainParts) -> str:
+        """The REPA term of the run summary (docs/repa.md), or "" without one."""
+        a, align = self.ctx.recipe.align, parts.align
+        if align is None:
+            return ""
+        where = "stored in the prepared set" if align.encoder is None else "the encoder on the batch's images"
+        n = sum(p.numel() for p in align.projector.parameters())
+        return (
+            f" + {a.weight:g}·REPA alignment [mean −cos(projector(tokens after block {a.depth}), {a.encoder} "
+            f"patch features); features: {where}; projector {n / 1e6:.2f}M params, training state only]"
+        )
+
     def _announce(self, parts: TrainParts, resumed: Path | None) -> None:
         ctx, cfg = self.ctx, self.ctx.cfg
         n_params = sum(p.numel() for p in parts.model.parameters())
@@ -358,6 +370,8 @@ class Trainer:
             f"{'bf16 autocast' if parts.amp_dtype else 'fp32'}; {where}; run dir {ctx.run_dir}\n"
             f"  loss: {ctx.recipe.loss.describe(ctx.source.channels)}"
             + (" + VB (learned variance, iDDPM's hybrid loss)" if ctx.recipe.learn_sigma else "")
+            + self._describe_align(parts)
+            + "".join(f"\n  schedule: {line}" for line in ctx.recipe.describe_stages())
         )
         if cfg.train.snr_warning:
             where_lam = placement(ctx.recipe, ctx.source.stats)

@@ -56,6 +56,7 @@ import torch
 from tqdm.auto import tqdm
 
 from fasterdit.data.embedded import EMBEDDED, INFO, Origin, export_embedded
+from fasterdit.data.encoders import load_encoder
 from fasterdit.data.folder import SMALL, check_resolution, scan_folder
 from fasterdit.data.prepare.encode import encode_shards, image_loader, shard_batches, write_shard
 from fasterdit.data.prepare.outdir import (
@@ -67,7 +68,7 @@ from fasterdit.data.prepare.outdir import (
     remove_crash_leftovers,
     valid_existing,
 )
-from fasterdit.data.prepare.plan import Plan, latent_content, make_plan, pixel_content
+from fasterdit.data.prepare.plan import Plan, latent_content, make_plan, pixel_content, with_features
 from fasterdit.data.prepare.report import ShardInfo, finish_stats, write_manifest
 from fasterdit.data.prepared import STORAGE_DTYPES
 from fasterdit.data.vae import load_vae, parse_dtype, vae_record_name
@@ -112,6 +113,8 @@ def prepare(
     progress: bool = True,
     on_shard_written: Callable[[int, Path], None] | None = None,
     split: str = "train",
+    align_encoder: str | None = None,
+    align_grid: int | None = None,
 ) -> dict[str, Any]:
     """Encode (or store) every image of ``images`` into shards under ``out``; returns the manifest.
 
@@ -122,7 +125,10 @@ def prepare(
 
     Runs as one process, or as every rank of a ``torchrun`` job (each rank encodes its own block of
     shards; rank 0 writes the manifest after all are done). Rerunning with the same arguments resumes
-    an interrupted run. ``on_shard_written(k, path)`` is called after each new shard (tests use it to
+    an interrupted run. ``align_encoder`` stores REPA's patch features of that encoder beside each item
+    (float16, on an ``align_grid`` x ``align_grid`` token grid; default: the stored side / 2, the grid of
+    the /2 DiTs), so that training need not run the encoder (docs/repa.md). ``on_shard_written(k, path)``
+    is called after each new shard (tests use it to
     simulate a crash).
     """
     images, out = Path(images).expanduser(), Path(out).expanduser()
@@ -148,6 +154,11 @@ def prepare(
             content = latent_content(model, vae_name, resolution, storage_dtype, flip)
         else:
             model, content = None, pixel_content(resolution, storage_dtype)
+        encoder = None
+        if align_encoder is not None:
+            encoder = load_encoder(align_encoder, info.device)
+            grid = align_grid if align_grid is not None else content.res // 2
+            content = with_features(content, align_encoder, grid, encoder.dim, flip)
         plan = make_plan(
             content, rel, resolution=resolution, flip=flip, small=small, storage_dtype=storage_dtype,
             dtype=dtype, shard_size=shard_size, origin=origin, previous=read_previous_record(out),
@@ -173,7 +184,7 @@ def prepare(
         bar = _progress_bar(plan, mine, done, info, progress)
         shards = encode_shards(
             loader, plan, model, images=images, rel=rel, labels=labels, flip=flip, strict=strict,
-            on_batch=bar.update,
+            on_batch=bar.update, encoder=encoder,
         )  # fmt: skip
         for shard in shards:
             path, meta = write_shard(out, info.rank, plan, shard)

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from safetensors.numpy import save
 
+from fasterdit.data.encoders import FeatureEncoder
 from fasterdit.data.folder import BadImage, _decode, to_tensor
 from fasterdit.data.prepare.outdir import shard_name
 from fasterdit.data.prepare.plan import Content, Plan
@@ -102,7 +103,8 @@ class EncodedShard:
             if parts:
                 out[name] = np.concatenate(parts)
             else:
-                dtypes = {"label": np.int64, "index": np.int64, "flipped": np.uint8, "pixels": np.uint8}
+                dtypes = {"label": np.int64, "index": np.int64, "flipped": np.uint8, "pixels": np.uint8,
+                          "features": np.float16}  # fmt: skip
                 out[name] = np.zeros((0, *shape), dtype=dtypes.get(name, content.float_dtype))
         return out
 
@@ -118,9 +120,11 @@ def encode_shards(
     flip: bool,
     strict: bool,
     on_batch: Callable[[int], None],
+    encoder: FeatureEncoder | None = None,
 ) -> Iterator[EncodedShard]:
     """Encode the loader's batches and yield each shard once all its batches are in (in shard order).
-    ``on_batch(n)`` is told how many files each batch took (the progress bar)."""
+    ``on_batch(n)`` is told how many files each batch took (the progress bar). ``encoder``: the REPA
+    feature encoder of a ``features`` column (``content.align``)."""
     content = plan.content
     shard: EncodedShard | None = None
     for batch in loader:
@@ -142,6 +146,8 @@ def encode_shards(
         on_batch(len(batch))
         if good:
             _encode_batch(shard.parts, good, labels, content, model, flip)
+            if encoder is not None:
+                shard.parts["features"].append(_features(encoder, content, good, flip))
     if shard is not None:
         yield shard
 
@@ -177,6 +183,20 @@ def _encode_batch(
     parts["label"].append(lab)
     parts["index"].append(idx)
     parts["flipped"].append(flipped)
+
+
+def _features(
+    encoder: FeatureEncoder, content: Content, good: list[tuple[int, np.ndarray]], flip: bool
+) -> np.ndarray:
+    """float16 REPA features of one batch's source images, in the order of its stored items: each image,
+    then (latents with ``flip``) its mirror, as :func:`_encode_batch` interleaves them."""
+    assert content.align is not None
+    g = int(content.align["grid"])
+    x = to_tensor(np.stack([a for _, a in good])).to(encoder.mean.device)
+    f = encoder(x, (g, g))
+    if flip and content.kind == "latent":
+        f = torch.stack([f, encoder(x.flip(-1), (g, g))], 1).reshape(2 * len(good), *f.shape[1:])
+    return f.cpu().numpy().astype(np.float16)
 
 
 def shard_stats(tensors: dict[str, np.ndarray], scale: float, shift: float) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,22 @@ class Content:
     item_bytes: int  # bytes of one source image's stored items (both of them with flip)
     expected: dict[str, tuple[str, tuple[int, ...]]]  # column -> (safetensors dtype, per-item shape)
     float_dtype: type  # NumPy dtype of the stored mean/log-variance
+    #: the REPA features stored beside each item: {"encoder", "grid", "dim"} (docs/repa.md), or None
+    align: dict[str, Any] | None = None
+
+
+def with_features(content: Content, encoder: str, grid: int, dim: int, flip: bool) -> Content:
+    """``content`` plus a ``features`` column: ``dim`` x ``grid`` x ``grid`` float16 patch features of
+    ``encoder`` on each item's source image (of the mirrored image for a stored mirrored copy)."""
+    if grid < 1:
+        raise ConfigError("align_grid", f"must be a positive token-grid side, got {grid}")
+    copies = 2 if (flip and content.kind == "latent") else 1  # latents store the mirrored image's item
+    return replace(
+        content,
+        item_bytes=content.item_bytes + copies * dim * grid * grid * 2,
+        expected={**content.expected, "features": ("F16", (dim, grid, grid))},
+        align={"encoder": encoder, "grid": grid, "dim": dim},
+    )
 
 
 def latent_content(model, vae_name: str, resolution: int, storage_dtype: str, flip: bool) -> Content:
@@ -142,5 +158,7 @@ def make_plan(
     }
     if origin is not None:  # only then: the fingerprints of earlier folder preparations stay valid
         config["origin"] = origin
+    if content.align is not None:  # the same: sets without features keep their fingerprints
+        config["align_features"] = dict(content.align)
     fingerprint = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:20]
     return Plan(content, config, fingerprint, int(shard_size), len(rel))

@@ -142,6 +142,7 @@ def write_manifest(
         "files": FILES_TXT,
         "images": str(images.resolve()),
         "origin": origin,
+        **({"align_features": dict(c.align)} if c.align is not None else {}),
         "settings": {
             "shard_size": plan.shard_size,
             "small": config["small"],
