@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -265,9 +266,28 @@ def test_model_card_quotes_the_runs_own_records(flow):
     exported = flow.out / "vae" / "diffusion_pytorch_model.safetensors"
     assert card["vae"]["exported_sha256"] == hashlib.sha256(exported.read_bytes()).hexdigest()
     for key in ("fid", "sampler", "steps", "nfe", "cfg_scale", "num_samples", "seed", "label_mode",
-                "reference", "feature_network"):  # fmt: skip
+                "reference", "feature_network", "resize"):  # fmt: skip
         assert card["eval"][key] == ev[key], key
     assert front["model-index"][0]["results"][0]["metrics"][0]["value"] == ev["fid"]
+    assert ev["resize"]["filter"] == "none" and "images resized none (fed at 28x28)" in text
+
+
+def test_the_cards_python_block_runs_offline_and_returns_images(flow, no_network, monkeypatch):
+    """The README's code, as a user copies it: the documented one-line load, then the run's own defaults
+    (read here from the run's config.yaml: every class of the grid, sample.steps, sample.cfg_scale)."""
+    text = (flow.out / "README.md").read_text()
+    (block,) = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    assert ONE_LINE in block
+    run_cfg = yaml.safe_load((flow.run / "config.yaml").read_text())
+    steps, scale = run_cfg["sample"]["steps"], run_cfg["sample"]["cfg_scale"]
+    assert f"num_inference_steps={steps}," in block and f"guidance_scale={float(scale)!r}," in block
+    assert "class_labels=[0, 1, 2, 3, 4, 5, 6, 7, 8, 9]," in block  # mnist: 10 classes, sample.classes null
+    monkeypatch.chdir(flow.out.parent)  # the card names its folder, relative to where it is run
+    namespace: dict = {}
+    exec(compile(block, "README.md", "exec"), namespace)
+    images = namespace["images"]
+    assert len(images) == 10 and {im.size for im in images} == {(28, 28)}
+    assert len({np.asarray(im).tobytes() for im in images}) == 10  # ten different samples
 
 
 def test_sample_and_eval_read_the_export_as_the_run_they_came_from(flow, tmp_path):

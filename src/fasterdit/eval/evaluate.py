@@ -28,6 +28,7 @@ from fasterdit.errors import ConfigError, DataError
 from fasterdit.eval.classifier import asset_path, classifier_outputs, load_classifier
 from fasterdit.eval.frechet import FeatureStats, save_stats
 from fasterdit.eval.metrics import class_accuracy, inception_score, knn_radii, precision_recall
+from fasterdit.eval.resize import classifier_resize
 from fasterdit.generate.defaults import BATCH_SIZE
 from fasterdit.generate.job import Decode, SampleSettings, sample_shared
 from fasterdit.models.dit import DiT
@@ -198,7 +199,8 @@ def evaluate_samples(
 
     Returns a flat dict (scalars first, so a trainer can log it as is): ``fid``, ``precision``,
     ``recall``, ``classifier_score``, ``class_accuracy`` (with labels), ``num_samples``, ``reference``,
-    ``reference_n``, ``feature_network``, ``summary`` and ``class_accuracy_per_class``.
+    ``reference_n``, ``feature_network``, ``resize`` (the classifier takes its dataset's size only: filter
+    "none"), ``summary`` and ``class_accuracy_per_class``.
     """
     t0 = time.time()
     ref = get_reference(
@@ -210,6 +212,7 @@ def evaluate_samples(
     if n < 2:
         raise DataError(f"need at least 2 samples to evaluate, got {n}")
     fid = FeatureStats.from_features(feats).frechet_distance(ref.stats)
+    side = clf.config.resolution
     pr = precision_recall(ref.features, feats, k=k, real_radii=ref.knn_radii(k)) if n > k else {}
     cs, _ = inception_score(logits, splits=1)
     out: dict[str, Any] = {
@@ -222,6 +225,7 @@ def evaluate_samples(
         "reference_n": ref.n,
         "pr_k": k,
         "feature_network": f"fasterdit-{dataset}-classifier@{sha[:8]}",
+        "resize": classifier_resize(side).record(side, side),  # classifier_outputs refuses other sizes
     }
     if labels is not None:
         y = torch.as_tensor(labels).long().reshape(-1).cpu()

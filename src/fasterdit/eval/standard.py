@@ -48,13 +48,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.nn import functional as F
 from tqdm import tqdm
 
 from fasterdit.data.measure import npz_array, npz_keys
 from fasterdit.errors import DataError, UserError
 from fasterdit.eval.adm import IS_SPLIT_SIZE, adm_metrics
 from fasterdit.eval.frechet import FeatureStats, fit_gaussian, load_stats_keys
+from fasterdit.eval.resize import INCEPTION_RESIZE, Resize
 
 INCEPTION_URL = (
     "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt"
@@ -73,7 +73,12 @@ class TorchScriptInception:
     same pass, and applies the ``output`` layer without bias for IS. If the file does not have that
     structure, falls back to its documented ``forward(img, return_features=True)`` (pool features)
     and ``forward(img, no_output_bias=True)`` (probabilities); sFID is then unavailable.
+
+    Both paths get the images already resized by ``resize`` (:data:`INCEPTION_RESIZE`, which evaluation
+    JSONs record), so the network's own resize, if it has one, sees 299 x 299 and does nothing.
     """
+
+    resize: Resize = INCEPTION_RESIZE
 
     def __init__(self, path: str | Path, device: str | torch.device = "cpu"):
         path = Path(path)
@@ -93,7 +98,7 @@ class TorchScriptInception:
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        x = images.to(self.device)
+        x = self.resize.apply(images.to(self.device, torch.float32))
         if self.blockwise:
             try:
                 return self._blockwise(x)
@@ -105,10 +110,7 @@ class TorchScriptInception:
         return {"pool": pool.reshape(len(x), -1), "probs": probs}
 
     def _blockwise(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        h = x.to(torch.float32)
-        if h.shape[-2:] != (299, 299):
-            h = F.interpolate(h, size=(299, 299), mode="bilinear", align_corners=False)
-        h = (h - 128.0) / 128.0
+        h = (x - 128.0) / 128.0
         spatial = None
         for name, block in self.net.layers.named_children():
             h = block(h)
@@ -245,6 +247,14 @@ def write_reference_batch(
     return path
 
 
+def _resize_record(extractor: Extractor, shape: torch.Size) -> dict[str, Any]:
+    """How images of ``shape`` (N, C, H, W) were resized for ``extractor``: the Inception port's
+    :class:`Resize`; another extractor (a test's stand-in) resizes as it likes, unrecorded."""
+    if isinstance(extractor, TorchScriptInception):
+        return extractor.resize.record(int(shape[-2]), int(shape[-1]))
+    return {"from": [int(shape[-2]), int(shape[-1])], "filter": f"unrecorded ({type(extractor).__name__})"}
+
+
 def standard_metrics(
     samples: torch.Tensor | np.ndarray | str | Path,
     reference_npz: str | Path,
@@ -305,6 +315,8 @@ def standard_metrics(
         "num_samples": n,
         "reference": str(reference_npz.name),
         "reference_images": len(ref_images),
+        "resize": _resize_record(extractor, to_uint8_nchw(samples[:1]).shape),  # one image: its size
+        "reference_resize": _resize_record(extractor, to_uint8_nchw(ref_images[:1]).shape),
     }
     pool_ref, out["fid_reference_stats"] = ref_stats("pool", "mu", "sigma")
     assert pool_ref is not None

@@ -5,7 +5,9 @@ the training step, the data and VAE (with SHA-256s) come from the checkpoint's `
 written files, and the FID with its protocol from what evaluated this very step: a ``fasterdit eval``
 JSON in the run directory whose ``checkpoint`` is this one (it records the label mode), else the
 run's ``eval.every`` record of the step in ``metrics.jsonl`` (whose label mode is balanced: the trainer
-evaluates nothing else). No record: the card says so instead of a number.
+evaluates nothing else). No record: the card says so instead of a number. The usage snippet samples
+with the run's own resolved defaults (``resolve_sampling("sample", ...)``: steps, guidance, the grid's
+classes), so that the card's code draws what ``fasterdit sample`` draws by default.
 """
 
 from __future__ import annotations
@@ -18,12 +20,16 @@ from typing import Any
 import yaml
 
 from fasterdit.data.autoencoder import builtin_path
+from fasterdit.generate.defaults import ResolvedSampling, grid_classes
 from fasterdit.generate.loading import LoadedModel
 
-__all__ = ["find_eval", "model_card"]
+__all__ = ["find_eval", "model_card", "usage_snippet"]
 
-#: what a FID record must hold to be quoted (the protocol of docs/evaluation.md)
-_PROTOCOL = ("sampler", "steps", "nfe", "cfg_scale", "num_samples", "seed", "reference", "feature_network")
+#: what a FID record must hold to be quoted (the protocol of docs/evaluation.md); ``resize``: how the
+#: images were resized for the feature network (absent from records written before it was recorded)
+_PROTOCOL = (
+    "sampler", "steps", "nfe", "cfg_scale", "num_samples", "seed", "reference", "feature_network", "resize",
+)  # fmt: skip
 
 
 def _sha256(path: Path) -> str | None:
@@ -95,8 +101,42 @@ def _data(lm: LoadedModel) -> dict[str, Any]:
     }
 
 
-def model_card(lm: LoadedModel, meta: dict[str, Any], out: Path) -> str:
-    """The card's text: YAML front matter the Hub reads, then a few lines for people."""
+def _resize_words(resize: dict[str, Any] | str | None) -> str:
+    """A FID record's ``resize`` in words (``to 299 bilinear, antialias false, align_corners false``)."""
+    if not isinstance(resize, dict):
+        return "not recorded"
+    if resize.get("filter") == "none":
+        return f"none (fed at {resize.get('to')}x{resize.get('to')})"
+    return (
+        f"to {resize.get('to')}x{resize.get('to')} {resize.get('filter')}, antialias "
+        f"{str(resize.get('antialias')).lower()}, align_corners {str(resize.get('align_corners')).lower()}"
+    )
+
+
+def usage_snippet(lm: LoadedModel, folder: str, r: ResolvedSampling, null_class: bool) -> str:
+    """The card's Python block: the documented one-line load, then one sample per grid class with the
+    run's resolved steps and guidance (1 when the model has no null class to guide with)."""
+    classes = grid_classes(lm.cfg, lm.data.num_classes) if lm.data.num_classes > 0 else []
+    scale = r.cfg_scale if null_class and classes else 1.0
+    where = r.sources["cfg_scale"] if scale == r.cfg_scale else "no null class: unguided"
+    labels = f"class_labels={classes}, " if classes else ""
+    return f"""```python
+import torch
+from diffusers import DiffusionPipeline
+
+DIR = {json.dumps(folder)}  # this folder (run from its parent directory), or its Hub id once uploaded
+pipe = DiffusionPipeline.from_pretrained(DIR, custom_pipeline="pipeline_fasterdit", trust_remote_code=True)
+generator = torch.Generator().manual_seed({r.seed})
+# the run's defaults: {r.steps} steps ({r.sources["steps"]}), guidance {scale:g} ({where})
+images = pipe(
+    {labels}guidance_scale={scale!r}, num_inference_steps={r.steps}, generator=generator
+).images
+```"""
+
+
+def model_card(lm: LoadedModel, meta: dict[str, Any], out: Path, name: str, r: ResolvedSampling) -> str:
+    """The card's text: YAML front matter the Hub reads, then a few lines for people. ``out``: where the
+    files are being written; ``name``: the folder's final name; ``r``: the run's sampling defaults."""
     ev = find_eval(lm)
     recipe = lm.recipe
     card: dict[str, Any] = {
@@ -121,7 +161,7 @@ def model_card(lm: LoadedModel, meta: dict[str, Any], out: Path) -> str:
         card["fasterdit"]["eval"] = {"fid": ev["fid"], **protocol}
         card["model-index"] = [
             {
-                "name": out.name if out.name and not out.name.startswith(".") else "fasterdit-dit",
+                "name": name or "fasterdit-dit",
                 "results": [
                     {
                         "task": {"type": "image-generation"},
@@ -141,7 +181,7 @@ def model_card(lm: LoadedModel, meta: dict[str, Any], out: Path) -> str:
         f"FID {ev['fid']:.4g} at step {lm.step}: {ev.get('num_samples')} samples, {ev.get('sampler')} "
         f"{ev.get('steps')} steps (NFE {ev.get('nfe')}), CFG {ev.get('cfg_scale')}, {ev.get('label_mode')} "
         f"labels, seed {ev.get('seed')}, reference {ev.get('reference')}, "
-        f"features {ev.get('feature_network')} "
+        f"features {ev.get('feature_network')}, images resized {_resize_words(ev.get('resize'))} "
         f"(from {ev['file']})."
         if ev is not None
         else "No FID was recorded for this step (run `fasterdit eval --ckpt` on the checkpoint, then export)."
@@ -154,13 +194,13 @@ on {card["fasterdit"]["data"]["dataset"] or lm.data.source}; {"EMA" if meta["ema
 
 {fid_line}
 
-```python
-from diffusers import DiffusionPipeline
-pipe = DiffusionPipeline.from_pretrained("PATH", custom_pipeline="pipeline_fasterdit")  # fasterdit's sampler
-images = pipe(class_labels=[0, 1, 2]).images
-```
+{usage_snippet(lm, name, r, bool(meta["has_null_class"]))}
 
-`DiTPipeline.from_pretrained("PATH")` loads the same folder with the stock pipeline:
-{meta["scheduler"]["stock"]}; the shipped pipeline: {meta["scheduler"]["shipped"]}.
+The pipeline steps {meta["scheduler"]["shipped"]}; the run's own sampler is {r.sampler}
+({r.sources["sampler"]}). `trust_remote_code=True` lets diffusers run `pipeline_fasterdit.py` from this
+folder: read it first (it imports only torch and diffusers).
+
+`DiTPipeline.from_pretrained(DIR)` loads the same folder with the stock pipeline:
+{meta["scheduler"]["stock"]}.
 """
     return f"---\n{front}---\n{body}"

@@ -24,7 +24,7 @@ from fasterdit.errors import UserError
 from fasterdit.export.card import model_card
 from fasterdit.export.scheduler import SchedulerPlan, scheduler_plan
 from fasterdit.export.vae_fold import LatentAffine, fold_into_vae, latent_affine
-from fasterdit.generate.defaults import SamplingFlags, resolve_sampling
+from fasterdit.generate.defaults import ResolvedSampling, SamplingFlags, resolve_sampling
 from fasterdit.generate.loading import LoadedModel
 from fasterdit.generate.provenance import weights_sha256
 from fasterdit.models.diffusers_dit import to_diffusers
@@ -109,21 +109,21 @@ def export_diffusers(lm: LoadedModel, out: str | Path, *, ema: bool) -> ExportRe
     (tmp / PIPELINE_FILE).write_text(resources.files("fasterdit.export").joinpath(PIPELINE_FILE).read_text())
 
     meta = _export_meta(lm, ema, vae_name, affine, folded, plan)
-    index = _model_index(diffusers.__version__, lm, plan)
+    r = resolve_sampling("sample", lm, SamplingFlags())  # the defaults of the pipeline and the card's code
+    index = _model_index(diffusers.__version__, lm, plan, r)
     (tmp / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
     (tmp / EXPORT_META).write_text(json.dumps(meta, indent=2) + "\n")
-    (tmp / "README.md").write_text(model_card(lm, meta, tmp))
+    (tmp / "README.md").write_text(model_card(lm, meta, tmp, out.name, r))
     if out.exists():
         out.rmdir()
     tmp.rename(out)
     return ExportResult(out, plan, folded, meta)
 
 
-def _model_index(version: str, lm: LoadedModel, plan: SchedulerPlan) -> dict[str, Any]:
+def _model_index(version: str, lm: LoadedModel, plan: SchedulerPlan, r: ResolvedSampling) -> dict[str, Any]:
     """What ``DiffusionPipeline.from_pretrained`` reads: the stock ``DiTPipeline`` and its components,
     plus the shipped pipeline's arguments (the stock one ignores what it does not take). Its default
-    steps, guidance and guided channels are what ``fasterdit sample`` resolves for the run."""
-    r = resolve_sampling("sample", lm, SamplingFlags())
+    steps, guidance and guided channels are what ``fasterdit sample`` resolves for the run (``r``)."""
     index: dict[str, Any] = {
         "_class_name": "DiTPipeline",
         "_diffusers_version": version,

@@ -3,7 +3,9 @@
 This file is not imported by fasterdit: ``fasterdit export --format diffusers`` copies it into the export
 folder, where diffusers loads it as a custom pipeline, offline and with no fasterdit installed::
 
-    pipe = DiffusionPipeline.from_pretrained(DIR, custom_pipeline="pipeline_fasterdit")
+    pipe = DiffusionPipeline.from_pretrained(
+        DIR, custom_pipeline="pipeline_fasterdit", trust_remote_code=True
+    )
 
 Why a pipeline of its own: the stock ``DiTPipeline`` loads the same folder and samples it, but
 

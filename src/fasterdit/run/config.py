@@ -113,6 +113,11 @@ class TrainConfig:
     max_rollbacks: int = 3  #: rollbacks a run may take (counted across resumes); the next streak stops it
     #: warn when the recipe's log-SNR law sits far from where it sits on unit-std data (unscaled latents)
     snr_warning: bool = True
+    #: start a fresh run from another model's weights: a run dir, a checkpoint, an official DiT ``.pt`` or
+    #: a diffusers DiT folder (what ``fasterdit sample --ckpt`` reads; its EMA weights), copied into the
+    #: model and its EMA at step 0 (same architecture, else an error). A resumed run ignores it: its own
+    #: checkpoint wins. The source's SHA-256 is recorded in every checkpoint's meta.json (``init``)
+    init: str | None = None
 
 
 @dataclass
@@ -122,6 +127,9 @@ class LogConfig:
     keep_last: int = 3  #: checkpoints kept in <run_dir>/checkpoints
     sample_every: int = 1000  #: sample-grid interval in steps (0 = only at the end)
     tensorboard: bool = True  #: also write TensorBoard events (if tensorboard is installed)
+    #: also log the scalars and the config to Weights & Biases (rank 0; the ``fasterdit[wandb]`` extra;
+    #: WANDB_MODE=offline, WANDB_PROJECT, WANDB_DIR apply)
+    wandb: bool = False
     progress: bool = True  #: show the tqdm progress bar
 
 
@@ -364,6 +372,11 @@ def _validate(cfg: RunConfig) -> None:
         f"must be in (0, 1] (1 = keep the lr), got {t.rollback_lr_scale}",
     )
     _check(t.max_rollbacks >= 0, "train.max_rollbacks", f"must be >= 0, got {t.max_rollbacks}")
+    _check(
+        t.init is None or bool(t.init.strip()),
+        "train.init",
+        "must name a run, checkpoint or diffusers folder, or be null",
+    )
     for key in ("log_every", "ckpt_every", "sample_every"):
         _check(getattr(lg, key) >= 0, f"log.{key}", f"must be >= 0 (0 = off), got {getattr(lg, key)}")
     _check(lg.log_every >= 1, "log.log_every", f"must be >= 1, got {lg.log_every}")

@@ -7,6 +7,7 @@ run directory, and ``--dry-run``, ``load_model`` and the trainer all need the sa
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -19,6 +20,7 @@ from fasterdit.models import create_model
 from fasterdit.run.config import RunConfig, check_world
 from fasterdit.train import preflight
 from fasterdit.train.align import check_alignment
+from fasterdit.train.wandb_log import wandb_missing
 
 __all__ = [
     "ShapeOnly",
@@ -126,6 +128,11 @@ def check_config(cfg: RunConfig, world_size: int = 1, *, shape_if_missing: bool 
     """
     cfg.validate()
     check_world(cfg, world_size)
+    if cfg.train.init is not None and not Path(cfg.train.init).expanduser().exists():
+        raise ConfigError("train.init", f"no such run, checkpoint or folder: {cfg.train.init}")
+    missing = wandb_missing() if cfg.log.wandb else None
+    if missing is not None:
+        raise UserError(missing)
     recipe = load_recipe(cfg.recipe, cfg.recipe_overrides)
     try:
         source = open_source(cfg.data.source, cfg.data.split, "cpu")

@@ -2,7 +2,9 @@
 
 Everything here runs on rank 0 only and at log intervals only, never in the per-step hot path.
 The JSONL file is the source of truth (one JSON object per line, ``"kind": "train" | "eval" | ...``);
-the loss-curve and FID-vs-steps plots are drawn from it, so they also cover resumed runs.
+the loss-curve and FID-vs-steps plots are drawn from it, so they also cover resumed runs. TensorBoard and
+wandb (``log.wandb``, :mod:`~fasterdit.train.wandb_log`) get the same records' finite numbers, named
+``kind/key``.
 """
 
 from __future__ import annotations
@@ -16,18 +18,31 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from fasterdit.train.wandb_log import WandbRun
+
 __all__ = ["Console", "MetricsLogger", "Progress", "plot_eval_curve", "plot_loss_curve", "read_metrics"]
 
 
 class MetricsLogger:
-    """Append-only JSONL metrics plus optional TensorBoard scalars."""
+    """Append-only JSONL metrics plus optional TensorBoard and wandb scalars.
 
-    def __init__(self, run_dir: str | Path, tensorboard: bool = True, enabled: bool = True):
+    ``wandb_config``: the run config to give wandb, which turns wandb logging on (None: off)."""
+
+    def __init__(
+        self,
+        run_dir: str | Path,
+        tensorboard: bool = True,
+        enabled: bool = True,
+        wandb_config: dict[str, Any] | None = None,
+    ):
         self.enabled = enabled
         self.path = Path(run_dir) / "metrics.jsonl"
         self._tb = None
+        self._wandb: WandbRun | None = None
         if not enabled:
             return
+        if wandb_config is not None:
+            self._wandb = WandbRun(Path(run_dir), wandb_config)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(self.path, "a")  # noqa: SIM115 - kept open for the run
         if tensorboard:
@@ -55,10 +70,16 @@ class MetricsLogger:
         rec = {"kind": kind, "step": int(step), "time": round(time.time(), 3), **values}
         self._file.write(json.dumps(rec, default=_default) + "\n")
         self._file.flush()
+        scalars = {
+            f"{kind}/{key}": val
+            for key, val in values.items()
+            if isinstance(val, (int, float)) and not isinstance(val, bool) and math.isfinite(val)
+        }
         if self._tb is not None:
-            for key, val in values.items():
-                if isinstance(val, (int, float)) and not isinstance(val, bool) and math.isfinite(val):
-                    self._tb.add_scalar(f"{kind}/{key}", val, step)
+            for name, val in scalars.items():
+                self._tb.add_scalar(name, val, step)
+        if self._wandb is not None and scalars:
+            self._wandb.log(int(step), scalars)
 
     def close(self) -> None:
         if not self.enabled:
@@ -66,6 +87,8 @@ class MetricsLogger:
         self._file.close()
         if self._tb is not None:
             self._tb.close()
+        if self._wandb is not None:
+            self._wandb.close()
 
 
 def _default(obj: Any) -> Any:

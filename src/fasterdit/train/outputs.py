@@ -121,6 +121,7 @@ class Outputs:
         if res is None:  # ranks > 0 sampled their share; rank 0 scores and logs
             return
         vals = {k: v for k, v in res.items() if isinstance(v, (int, float, str))}
+        vals["resize"] = res["resize"]  # how the images met the feature network (eval/resize.py)
         vals["eval_seconds"] = round(time.time() - t0, 2)
         self.logger.log("eval", step, vals)
         if "fid" in vals:

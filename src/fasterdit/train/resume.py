@@ -33,7 +33,7 @@ from fasterdit.runtime.distributed import broadcast_object, gather_objects
 from fasterdit.train.parts import TrainParts
 from fasterdit.train.preflight import recipe_differences
 from fasterdit.train.result import TrainingAborted
-from fasterdit.train.state import RunContext, TrainState
+from fasterdit.train.state import InitSource, RunContext, TrainState
 
 __all__ = ["Checkpointer", "describe_last_good", "verify_error"]
 
@@ -203,6 +203,8 @@ class Checkpointer:
             st.rollbacks = int(saved.get("rollbacks", 0))
             st.lr_scale = float(saved.get("lr_scale", 1.0))
             parts.ema.num_updates = int(saved.get("ema_updates", st.step))
+            init = saved.get("init")
+            st.init = InitSource.from_dict(init) if init is not None else None
             self._apply_projector(saved.get("align_projector"))
             rng = saved.get("rng", [])
             if len(rng) == dist.world_size:
@@ -324,6 +326,7 @@ class Checkpointer:
                 "rollbacks": st.rollbacks,
                 "lr_scale": st.lr_scale,
                 "ema_updates": parts.ema.num_updates,
+                "init": st.init.to_dict() if st.init is not None else None,
                 "rng": rng,
                 "generators": {"step": parts.gen.get_state()},
                 **(
@@ -346,6 +349,8 @@ class Checkpointer:
                 "data": DataDescription.of_source(ctx.source, cfg.data.source).to_dict(),
                 "world_size": dist.world_size,
                 "torch": torch.__version__,
+                # train.init: the weights of step 0 (its source and SHA-256); None: a random initialisation
+                "init": st.init.to_dict() if st.init is not None else None,
             }
             try:
                 path = ckpt_mod.save_checkpoint(

@@ -8,7 +8,7 @@ over a class.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ from fasterdit.run.config import RunConfig
 from fasterdit.runtime.distributed import DistInfo
 from fasterdit.train.logging import Console
 
-__all__ = ["RunContext", "TrainState"]
+__all__ = ["InitSource", "RunContext", "TrainState"]
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,25 @@ class RunContext:
     console: Console  # rank 0's messages, through the progress bar while there is one
 
 
+@dataclass(frozen=True)
+class InitSource:
+    """Where a ``train.init`` run's step-0 weights came from (kept in every checkpoint: ``init``)."""
+
+    path: str  # train.init as given
+    loaded: str  # the checkpoint or folder actually read (a run dir resolves to its newest checkpoint)
+    source: str  # "fasterdit", "diffusers", "official-dit", "official-sit"
+    step: int | None  # the source's training step (None: official weights)
+    weights_file: str  # the file the weights were read from (its path)
+    weights_sha256: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> InitSource:
+        return cls(**{f.name: data[f.name] for f in fields(cls)})
+
+
 @dataclass
 class TrainState:
     """The counters a step advances; a checkpoint saves them and a resume puts them back."""
@@ -44,3 +63,4 @@ class TrainState:
     last_ckpt: Path | None = None  # the checkpoint that holds the newest saved state
     rollbacks: int = 0  # train.on_nonfinite=rollback: rollbacks taken so far (counted across resumes)
     lr_scale: float = 1.0  # the product of train.rollback_lr_scale over those rollbacks; multiplies the lr
+    init: InitSource | None = None  # train.init: what the run's step 0 was loaded from (None: random init)

@@ -37,6 +37,7 @@ from fasterdit.run.config import RunConfig, config_from_dict
 from fasterdit.runtime.distributed import DistInfo, barrier, broadcast_object, init_distributed
 from fasterdit.runtime.files import atomic_write_text
 from fasterdit.train.build import check_config, model_kwargs
+from fasterdit.train.init import init_weights
 from fasterdit.train.logging import Console, MetricsLogger, Progress
 from fasterdit.train.monitor import Monitor, Streak, StreakLimit
 from fasterdit.train.outputs import Outputs
@@ -147,10 +148,13 @@ class Trainer:
         parts = self._setup()
         checkpointer = Checkpointer(ctx, parts, self.state, self.allow_config_change)
         resumed = checkpointer.resume() if self.resume else None
+        if resumed is None and cfg.train.init is not None:  # a fresh run only: a checkpoint wins
+            self.state.init = init_weights(ctx, parts)
         if d.is_main:
             atomic_write_text(ctx.run_dir / "config.yaml", _yaml(cfg.to_dict()))
             atomic_write_text(ctx.run_dir / "recipe.yaml", _yaml(ctx.recipe.to_dict()))
-        logger = MetricsLogger(ctx.run_dir, cfg.log.tensorboard, enabled=d.is_main)
+        wandb_config = cfg.to_dict() if cfg.log.wandb else None
+        logger = MetricsLogger(ctx.run_dir, cfg.log.tensorboard, enabled=d.is_main, wandb_config=wandb_config)
         # drop what a previous attempt logged after the state we start from (all of it on a fresh start: a
         # run killed before its first checkpoint must not leave its steps in the log twice)
         logger.truncate_after(self.state.step)
@@ -362,6 +366,15 @@ class Trainer:
         ctx, cfg = self.ctx, self.ctx.cfg
         n_params = sum(p.numel() for p in parts.model.parameters())
         where = f"resuming from {resumed} (step {self.state.step})" if resumed else "starting fresh"
+        init = self.state.init
+        if resumed and cfg.train.init is not None:
+            where += f"; train.init ({cfg.train.init}) ignored: the run's own checkpoint wins on a resume"
+        elif init is not None:
+            step = f" step {init.step}" if init.step is not None else ""
+            where += (
+                f" from train.init {init.loaded} ({init.source}{step}, weights SHA-256 "
+                f"{init.weights_sha256[:16]}…, into the model and its EMA)"
+            )
         ctx.console.say(
             f"fasterdit train: {cfg.model.name} ({n_params / 1e6:.2f}M params), recipe {cfg.recipe}, "
             f"data {cfg.data.source} ({len(ctx.source)} items), {ctx.dist.world_size} process(es) on "
