@@ -279,7 +279,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.quick:
         tmp = Path(tempfile.mkdtemp(prefix="snr_validation_quick_"))
         args.work, args.results, args.docs = str(tmp / "work"), str(tmp / "results"), str(tmp / "docs")
-        args.part = args.part or "sweep,seeds,shift"
+        args.part = args.part or "sweep,seeds,shift,calibrated"
     args.latents = args.latents or str(Path(args.work) / "mnist-latent")
     if not (args.part or args.report):
         p.error("give --part, --report or --quick")

@@ -91,10 +91,12 @@ def calibration(args: argparse.Namespace) -> dict[str, Any]:
     if len({p["data"] for p in train}) < len(FIT_ON):
         return {"status": f"waiting for the sweeps of {', '.join(FIT_ON)}", "fit_on": list(FIT_ON)}
     main = fit(train)
+    main["lam_lo"] = float(f"{main['lam_lo']:.6g}")  # the value the command line carries (--tail)
     cases = []
     for p in every:
         old = sv.recommendation(args, p["data"], p["law"])["k"]
-        new = rule_k(p["law"], p["raw_std"], main["lam_lo"], main["q"])
+        # the new rule's k from the real command, as the runs at it get it
+        new = sv.recommendation(args, p["data"], p["law"], tail=(main["lam_lo"], main["q"]))["k"]
         cases.append(p | {"best_k": math.exp(p["best_ln_k"]), "old_k": old, "new_k": new})
     loo = []
     for held in sv.DATASETS:

@@ -47,5 +47,9 @@ def test_quick_mode_runs_every_part_and_writes_the_cases(sv, capsys):
     assert a["best_scale"] in sv.SCALES and math.isfinite(a["fid_best"]) and a["seed_spread"] >= 0
     b = cases[("latents16-raw", "uniform")]  # the second autoencoder's raw latents, also moved to std 1
     assert b["raw_std"] == pytest.approx(1.0 / b["recommended_scale"], rel=1e-6)
+    cal = report["calibration"]  # item 4: fitted on (a) and (b), the held-out (c) trained at the new rule's k
+    assert cal["status"] == "fitted" and 0 < cal["q"] < 1 and math.isfinite(cal["lam_lo"])
+    held = [c for c in cal["cases"] if c["data"] == cal["held_out"]]
+    assert held and all(c["fid_new_seeds"] and math.isfinite(c["fid_new"]) for c in held)
     assert len(report["scale_vs_shift"]) == len(sv.SHIFT_KS)
     assert all(r["fid_scale"] and r["fid_shift"] for r in report["scale_vs_shift"])
