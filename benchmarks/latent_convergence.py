@@ -29,9 +29,15 @@ the estimated wall time without running anything; every part prints it before st
     python benchmarks/latent_convergence.py --part long        # the same, seed 0, 4× the budget (--only)
     python benchmarks/latent_convergence.py --part ablations   # fasterdit without direction loss/lognorm/std
     python benchmarks/latent_convergence.py --part std         # FID vs data scale + `snr --recommend`
-    python benchmarks/latent_convergence.py --part repa        # sit+repa, fasterdit+repa (not in all)
     python benchmarks/latent_convergence.py --report           # the report from the metrics files that exist
     python benchmarks/latent_convergence.py --quick            # ≈ 1 min smoke run of every part (CI)
+
+Issue #29's parts, REPA composed with the recipes (never run by ``--part all``; protocol, run counts and
+times in ``latent_convergence_repa.py``; read in the headline's tables and in a section of their own):
+
+    python benchmarks/latent_convergence.py --part repa-tune   # λ then depth, per composed recipe, seed 0
+    python benchmarks/latent_convergence.py --part repa        # sit+repa, fasterdit+repa × 3 seeds, tuned
+    python benchmarks/latent_convergence.py --part repa-off    # fasterdit+repa, alignment off after 1/2
 
 Every finished run writes one small metrics file, ``benchmarks/results/latent_convergence/<part>/<name>.json``
 (curves, converged-NFE evaluations, settings, lr, seed, machine, date, wall time, exact command), which is
@@ -63,7 +69,7 @@ from latent_convergence_plan import (
     HEADLINE,
     LRS,
     PARTS,
-    REPA,
+    REPA_VARIANTS,
     STD_LAWS,
     plan,
     print_estimate,
@@ -76,7 +82,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
     )
-    p.add_argument("--part", default=None, help="lr, headline, long, ablations, std, all (comma-separated)")
+    p.add_argument(
+        "--part",
+        default=None,
+        help="lr, headline, long, ablations, std, all; repa-tune, repa, repa-off (comma-separated)",
+    )
     p.add_argument("--report", action="store_true", help="assemble the report from the metrics files")
     p.add_argument("--quick", action="store_true", help="tiny smoke run of every part (≈ 1 min); temp dirs")
     p.add_argument(
@@ -85,7 +95,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--only",
         default=None,
-        help="variants of the part (dit,sit,fasterdit; fasterdit-no-dir,...; std: lognorm,uniform)",
+        help="variants of the part (dit,sit,fasterdit; fasterdit-no-dir,...; std: lognorm,uniform; "
+        "sit+repa,fasterdit+repa)",
     )
     p.add_argument(
         "--seeds", default=None, help="seeds (default per part: headline/ablations 0,1,2; lr/std 0)"
@@ -119,8 +130,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-report", action="store_true", help="do not assemble the report after the parts")
     args = p.parse_args(argv)
     parts = [s.strip() for s in (args.part or "").split(",") if s.strip()]
-    if parts == ["all"] or ((args.quick or args.estimate) and not parts and not args.report):
+    if parts == ["all"]:
         parts = list(PARTS)
+    elif (args.quick or args.estimate) and not parts and not args.report:
+        parts = [*PARTS, *EXTRA_PARTS]  # every part, the REPA ones included
     bad = [s for s in parts if s not in (*PARTS, *EXTRA_PARTS)]
     if bad:
         p.error(f"unknown part(s) {bad}; choose from {', '.join((*PARTS, *EXTRA_PARTS))} or all")
@@ -137,7 +150,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.out = args.out or str(common.DOCS)
     args.latents = args.latents or str(Path(args.work) / "latents")
     args.only_set = {s.strip() for s in args.only.split(",") if s.strip()} if args.only else None
-    known = [*HEADLINE, *ABLATIONS, *STD_LAWS, *REPA]
+    known = [*HEADLINE, *ABLATIONS, *STD_LAWS, *REPA_VARIANTS]
     unknown = sorted((args.only_set or set()) - set(known))
     if unknown:
         p.error(f"--only: unknown {unknown}; choose from {', '.join(known)}")
@@ -154,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.parts:
         latents = prepare_latents(args)
-        if "repa" in args.parts:
+        if set(args.parts) & set(EXTRA_PARTS):
             prepare_repa_latents(args)
         for part in args.parts:
             run_part(args, part, latents)

@@ -18,11 +18,33 @@ from latent_convergence_analysis import by_variant, flatness, speedup_profile, s
 from latent_convergence_markdown import fmt_range, fmt_times, not_run, runs_by, sizes_line
 from latent_convergence_plan import FLAT_REL_SLOPE, HEADLINE, SEEDS
 from latent_convergence_plots import plot_headline
+from latent_convergence_repa_report import COMPOSED_ROWS, add_composed_readings, composed_recipe_rows
 
 
-def speedup_section(name: str, rd: dict[str, Any] | None, base: str) -> list[str]:
-    if rd is None:
-        return [f"*{name}: needs `{base}` and `fasterdit` runs.*\n"]
+def _verdict(p: dict[str, Any], tgt: float, base: str, fast: str) -> str:
+    sp = p["speedup"]
+    if sp is not None and sp >= tgt:
+        return "**met**"
+    if sp is not None and p.get("bound") == "lower bound":
+        return (
+            f"**not resolved**: {fast} is already below {base}'s final FID at its first evaluation, so "
+            f"{sp:.2f}× is only a lower bound; evaluate earlier to measure it"
+        )
+    return "**not met** (" + ("not reached" if sp is None else f"{sp / tgt:.0%} of it") + ")"
+
+
+def speedup_section(
+    name: str,
+    rd: dict[str, Any] | None,
+    base: str,
+    fast: str = "fasterdit",
+    composed: dict[str, dict[str, Any]] | None = None,
+) -> list[str]:
+    """One speed-up table of ``fast`` over ``base``, with issue #29's composed recipes as rows of their own
+    (``composed``: variant -> its reading, or a ``not run yet`` record) and a verdict line each."""
+    if rd is None or rd.get("status", "ok") != "ok":
+        why = f" ({rd['status']}: `{rd['command']}`)" if rd else ""
+        return [f"*{name}: needs `{base}` and `{fast}` runs{why}.*\n"]
     budget = rd["budget"]
 
     def row(label: str, d: dict[str, Any]) -> list[Any]:
@@ -39,19 +61,25 @@ def speedup_section(name: str, rd: dict[str, Any] | None, base: str) -> list[str
         ]
 
     rows = [row(f"seed {d['seed']}", d) for d in rd["per_seed"]] + [row("seed-mean curves", rd["pooled"])]
+    for v, c in (composed or {}).items():
+        if c.get("status", "ok") != "ok":
+            rows.append([f"`{v}`", c["status"], *["–"] * 5])
+            continue
+        rows += [row(f"`{v}`, seed {d['seed']}", d) for d in c["per_seed"]]
+        rows.append(row(f"`{v}`, seed-mean curves", c["pooled"]))
     head = [
         "curves",
         f"{base} final FID",
         f"steps {base} needs to reach it",
-        "fasterdit steps",
+        f"{fast} steps",
         "speed-up",
-        f"{base}'s budget ÷ fasterdit steps",
-        f"fasterdit FID at step {rd['seventh_step']:.0f} (1/7)",
+        f"{base}'s budget ÷ {fast} steps",
+        f"{fast} FID at step {rd['seventh_step']:.0f} (1/7)",
     ]
     L = [common.md_table(head, rows)]
     L.append(
         f"\nSpeed-up = the steps `{base}` needs to first reach its own final FID (at most its budget of "
-        f"{budget} steps; the definition of convergence.md) ÷ the steps `fasterdit` needs to reach that FID, "
+        f"{budget} steps; the definition of convergence.md) ÷ the steps `{fast}` needs to reach that FID, "
         "by linear interpolation between evaluations; the next column divides the whole budget instead (the "
         "paper's 7M ÷ 1M)."
         + (
@@ -64,31 +92,35 @@ def speedup_section(name: str, rd: dict[str, Any] | None, base: str) -> list[str
     r = rd["speedup_range"]
     nr = rd["not_reached_seeds"]
     tgt = rd["target"]
-    sp = p["speedup"]
     per = f", per seed {fmt_range(r)}" if r else ""
     if nr:
         per += f"; seeds {nr} never reach {base}'s final FID"
-    if sp is not None and sp >= tgt:
-        verdict = "**met**"
-    elif sp is not None and p.get("bound") == "lower bound":
-        verdict = (
-            f"**not resolved**: fasterdit is already below {base}'s final FID at its first evaluation, so "
-            f"{sp:.2f}× is only a lower bound; evaluate earlier to measure it"
-        )
-    else:
-        verdict = "**not met** (" + ("not reached" if sp is None else f"{sp / tgt:.0%} of it") + ")"
     L.append("")
     L.append(
         f"Speed-up over `{base}` ({name}): **{curves.fmt_speedup(p)}** on the seed-mean curves{per}. "
-        f"Target ≥ {tgt:g}×: {verdict}."
+        f"Target ≥ {tgt:g}×: {_verdict(p, tgt, base, fast)}."
     )
     f7 = p["fast_fid_at_seventh"]
     if f7 is not None and base == "dit":
         L.append(
-            f"At 1/7 of `dit`'s budget (step {rd['seventh_step']:.0f}) `fasterdit` scores FID {f7:.3g} "
+            f"At 1/7 of `dit`'s budget (step {rd['seventh_step']:.0f}) `{fast}` scores FID {f7:.3g} "
             "against "
             f"`dit`'s final {p['target_fid']:.3g} (ratio {f7 / p['target_fid']:.2f}; ≤ 1 is the paper's 7×)."
         )
+    if composed:
+        L.append("")
+    for v, c in (composed or {}).items():
+        if c.get("status", "ok") != "ok":
+            L.append(f"* `{v}` over `{base}`: {c['status']} (`{c['command']}`).")
+            continue
+        cp, cr = c["pooled"], c["speedup_range"]
+        line = f"* `{v}` over `{base}` ({name}): **{curves.fmt_speedup(cp)}** on the seed-mean curves"
+        line += f", per seed {fmt_range(cr)}" if cr else ""
+        if c["not_reached_seeds"]:
+            line += f"; seeds {c['not_reached_seeds']} never reach {base}'s final FID"
+        if c.get("target") is not None:
+            line += f". Issue #29's goal ≥ {c['target']:g}×: {_verdict(cp, c['target'], base, v)}"
+        L.append(line + ".")
     L.append("")
     return L
 
@@ -138,7 +170,9 @@ def headline_section(
     real: float | None,
     out: Path,
     res: dict,
+    composed: list[dict[str, Any]] | None = None,
 ) -> list[str]:
+    """``composed``: the runs of issue #29's REPA parts (headline part only), read in the same tables."""
     title, figure = HEADLINE_PARTS[part]
     L = [f"## {title}\n"]
     if not hl:
@@ -151,6 +185,8 @@ def headline_section(
             bad = ", ".join(f"seed {m['seed']} {m['status']}" for m in ms if m["status"] != "ok")
             seeds = ", ".join(str(m["seed"]) for m in ms)
             rows.append([f"`{v}`", seeds, f"{ms[0]['lr']:g}", ms[0]["lr_source"], bad or "ok"])
+    if composed is not None:
+        rows += composed_recipe_rows(composed)
     L += [common.md_table(["recipe", "seeds", "lr", "lr from", "status"], rows), ""]
     if not any(m.get("quick") for m in hl):
         names = {m["name"] for m in hl}
@@ -163,15 +199,22 @@ def headline_section(
         "equal": {b: speedup_reading(by, b, budget) for b in ("dit", "sit")},
         "converged": {b: speedup_reading(byc, b, budget) for b in ("dit", "sit")},
     }
+    bases = ("dit", "sit")
+    if composed is not None:  # issue #29: rows of the composed recipes, and the reading over sit+repa
+        add_composed_readings(readings, hl, composed, budget)
+        bases = ("dit", "sit", "sit+repa")
     fl = flatness(by)
     profile = {b: speedup_profile(by, b) for b in ("dit", "sit")}
     res[part] = {"readings": readings, "flatness": fl, "profile_equal_nfe": profile}
     png = plot_headline(by, byc, floors, real, budget, out / figure, hl[0]["settings"]["model"])
     L.append(f"![FID vs steps at equal and converged NFE]({png.name})\n")
     for kind, label in (("equal", "equal NFE"), ("converged", "converged NFE")):
-        for b in ("dit", "sit"):
+        for b in bases:
             L.append(f"### Speed-up over `{b}`, {label}\n")
-            L.extend(speedup_section(label, readings[kind][b], b))
+            rd = readings[kind][b]
+            fast = rd.get("fast", "fasterdit") if rd else "fasterdit"
+            rows = {v: rd[v] for v in COMPOSED_ROWS[b] if rd and v in rd} if composed is not None else None
+            L.extend(speedup_section(label, rd, b, fast, rows))
     L += profile_section(profile)
     L.append("### Has dit's curve flattened?\n")
     if fl is None:

@@ -1,4 +1,4 @@
-"""The plan of ``latent_convergence.py``: every budget and setting of its five parts, the runs each part
+"""The plan of ``latent_convergence.py``: every budget and setting of its parts, the runs each part
 makes (with the lr each recipe takes from the lr sweep), what makes a run that run, and the estimate of how
 long the runs take.
 
@@ -36,22 +36,27 @@ STD_LAWS = ("lognorm", "uniform")  # timestep laws of the std part (flow-linear 
 HEADLINE = ("dit", "sit", "fasterdit")
 ABLATIONS = ("fasterdit-no-dir", "fasterdit-uniform", "fasterdit-no-std")
 PARTS = ("lr", "headline", "long", "ablations", "std")  # order of --part all (the lr sweep feeds the others)
-#: parts run only when named (``--part repa``), never by ``--part all``: issue #29's REPA variants
-EXTRA_PARTS = ("repa",)
+#: parts run only when named (``--part repa-tune``...), never by ``--part all``: issue #29's REPA variants, in
+#: their order (the tuning sweep picks each composed recipe's λ and depth; latent_convergence_repa.py)
+EXTRA_PARTS = ("repa-tune", "repa", "repa-off")
 REPA = ("sit+repa", "fasterdit+repa")
+REPA_OFF = "fasterdit+repa-off"  # fasterdit+repa with the alignment off after REPA_OFF_AT of the budget
+REPA_VARIANTS = (*REPA, REPA_OFF)
 #: REPA on the test bed (docs/repa.md): the shipped self-supervised mnist-ssl encoder, features stored by
-#: ``prepare --align-encoder`` on the 4x4 token grid of DiT-Ti/2; λ 0.5 as REPA; depth 2 of DiT-Ti's 6 blocks
-#: (REPA: 8 of 28 for XL/2, 4 of 12 for B/2, about a third); projector width 512 for the 192-wide DiT-Ti
+#: ``prepare --align-encoder`` on the 4x4 token grid of DiT-Ti/2; projector width 512 for the 192-wide DiT-Ti
 #: (REPA's 2048 is for the 1152-wide XL: at 2048 the projector would cost more than the DiT-Ti step)
 REPA_ENCODER = "mnist-ssl"
-REPA_OVERRIDES = {
-    "align.weight": 0.5,
-    "align.depth": 2,
-    "align.encoder": REPA_ENCODER,
-    "align.projector_dim": 512,
-}
+REPA_BASE_OVERRIDES = {"align.encoder": REPA_ENCODER, "align.projector_dim": 512}
+#: REPA's own setting, the default until the tuning sweep has run: λ 0.5, depth 2 of DiT-Ti's 6 blocks
+#: (REPA: 8 of 28 for XL/2, 4 of 12 for B/2, about a third)
+REPA_DEFAULT = (0.5, 2)
+#: the tuning sweep (part repa-tune, seed 0, SIZES["repa-tune"]): stage 1 λ over REPA_TUNE_WEIGHTS at depth
+#: REPA_DEFAULT[1]; stage 2 the other depths REPA_TUNE_DEPTHS at stage 1's best λ: 3 + 2 runs per recipe
+REPA_TUNE_WEIGHTS = (0.25, 0.5, 1.0)
+REPA_TUNE_DEPTHS = (1, 3)
+REPA_OFF_AT = 0.5  # HASTE-style: align.weight 0 from this fraction of the budget on (1050 of 2100 steps)
 SEVENTH = 1 / 7  # the paper's reading: FasterDiT at 1M steps vs DiT at 7M
-SPEEDUP_TARGET = {"dit": 7.0, "sit": 1.5}  # issue #18's targets
+SPEEDUP_TARGET = {"dit": 7.0, "sit": 1.5, "sit+repa": 1.5}  # issue #18's targets; #29's over sit+repa
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,7 +94,12 @@ SIZES: dict[str, Sizes] = {
     "lr": Sizes(1400, 350),  # shorter budget (2/3), no converged-NFE evaluation
     "ablations": Sizes(2100, 300, (("*", (1.0,)),)),
     "std": Sizes(2100, 1050),  # fixed budget; the mid-run evaluation shows whether the ranking is stable
-    "repa": Sizes(2100, 300, (("*", (1.0,)),)),  # read against the headline's sit and fasterdit runs
+    # issue #29: the tuning sweep at 4/7 of the budget (the headline's first 4 evaluations, so the headline's
+    # seed-0 runs at step 1200 are its λ = 0 reference); the composed runs at the headline's budget, read in
+    # its tables: converged NFE where the headline reads sit (final) and fasterdit (1/7, 3/7, final)
+    "repa-tune": Sizes(1200, 300),
+    "repa": Sizes(2100, 300, (("sit+repa", (1.0,)), ("*", (SEVENTH, 3 / 7, 1.0)))),
+    "repa-off": Sizes(2100, 300, (("*", (SEVENTH, 3 / 7, 1.0)),)),
 }
 SEEDS = {
     "headline": (0, 1, 2),
@@ -97,7 +107,9 @@ SEEDS = {
     "lr": (0,),
     "ablations": (0, 1, 2),
     "std": (0,),
+    "repa-tune": (0,),
     "repa": (0, 1, 2),
+    "repa-off": (0, 1, 2),
 }
 #: a one-seed curve counts as flat when its last 3 evaluations fall by less than this fraction of its final
 #: FID per 1,000 steps (with >= 2 seeds the drop is compared with the seed spread instead)
@@ -121,14 +133,29 @@ QUICK_SIZES: dict[str, Sizes] = {
     "lr": Sizes(2, 2, (), "DiT-Mi/2", 8, 50, 4, 1),
     "ablations": Sizes(4, 2, (("*", (1.0,)),), "DiT-Mi/2", 8, 50, 4, 1),
     "std": Sizes(2, 2, (), "DiT-Mi/2", 8, 50, 4, 1),
-    "repa": Sizes(2, 2, (("*", (1.0,)),), "DiT-Mi/2", 8, 50, 4, 1),
+    "repa-tune": Sizes(2, 2, (), "DiT-Mi/2", 8, 50, 4, 1),
+    "repa": Sizes(4, 2, (("sit+repa", (1.0,)), ("*", (0.5, 1.0))), "DiT-Mi/2", 8, 50, 4, 1),
+    "repa-off": Sizes(4, 2, (("*", (0.5, 1.0)),), "DiT-Mi/2", 8, 50, 4, 1),
 }
-QUICK_SEEDS = {"headline": (0, 1), "long": (0,), "lr": (0,), "ablations": (0,), "std": (0,), "repa": (0,)}
+QUICK_SEEDS = {
+    "headline": (0, 1),
+    "long": (0,),
+    "lr": (0,),
+    "ablations": (0,),
+    "std": (0,),
+    "repa-tune": (0,),
+    "repa": (0,),
+    "repa-off": (0,),
+}
 QUICK_LRS = (1e-3, 3e-3)
 QUICK_LR_VARIANTS = ("dit",)  # sit and fasterdit keep the default lr: both branches of the lr pick run
 QUICK_STD_SCALES = (0.5, 2.0)
 QUICK_STD_LAWS = ("lognorm",)  # the recommendation is still computed for every law
-QUICK_ABLATIONS = ("fasterdit-no-std",)  # the other two are convergence.py's overrides, run by its quick test
+QUICK_ABLATIONS = ("fasterdit-no-std",)
+#: the quick tuning sweep: fasterdit+repa only (sit+repa keeps REPA's default: both branches of the pick run)
+QUICK_REPA_TUNE = ("fasterdit+repa",)
+QUICK_REPA_TUNE_WEIGHTS = (0.5, 1.0)
+QUICK_REPA_TUNE_DEPTHS = (1,)  # the other two are convergence.py's overrides, run by its quick test
 QUICK_SPLIT = "heldout"  # 500 digits to encode instead of 4,500 (see prepare_latents)
 QUICK_CONVERGED = {
     "ddpm": {"sampler": "ddpm", "steps": 8, "kwargs": {}},
@@ -157,13 +184,25 @@ VARIANTS.update(
     {
         f"{preset}+repa": (
             preset,
-            dict(REPA_OVERRIDES),
-            f"{preset} + REPA alignment (mnist-ssl, depth 2, λ 0.5)",
+            dict(REPA_BASE_OVERRIDES),
+            f"{preset} + REPA alignment (mnist-ssl features, its own tuned λ and depth)",
         )
         for preset in ("sit", "fasterdit")
     }
 )
-COLOURS = {**curves.COLOURS, "lognorm": "#d62728", "uniform": "#2ca02c"}
+VARIANTS[REPA_OFF] = (
+    "fasterdit",
+    dict(REPA_BASE_OVERRIDES),
+    f"fasterdit+repa with the alignment off from {REPA_OFF_AT:g} of the budget on (HASTE-style stage)",
+)
+COLOURS = {
+    **curves.COLOURS,
+    "lognorm": "#d62728",
+    "uniform": "#2ca02c",
+    "sit+repa": "#17becf",
+    "fasterdit+repa": "#9467bd",
+    REPA_OFF: "#8c564b",
+}
 EVAL_KEYS = (
     "step",
     "fid",
@@ -193,12 +232,6 @@ def std_overrides(law: str, k: float) -> dict[str, Any]:
         "scaling.mode": "scalar",
         "scaling.multiplier": float(k),
     }
-
-
-REPA_DATA = (
-    f"mnist-ae latents with {REPA_ENCODER} features: fasterdit prepare --images mnist --vae mnist-ae "
-    f"--resolution {RESOLUTION} --small pad --align-encoder {REPA_ENCODER}"
-)
 
 
 def repa_latents(args: argparse.Namespace) -> str:
@@ -318,16 +351,10 @@ def plan(args: argparse.Namespace, part: str) -> list[Job]:
             for s in seeds:
                 if wanted(v):
                     jobs.append(Job(part, f"{v}-s{s}", v, preset, dict(ov), s, lr, src, sizes))
-    elif part == "repa":  # the headline's lr of the preset each variant adds REPA to
-        lrs = best_lrs(args)
-        for v in REPA:
-            preset, ov, _ = VARIANTS[v]
-            lr, src = lrs[preset]
-            for s in seeds:
-                if wanted(v):
-                    job = Job(part, f"{v}-s{s}", v, preset, dict(ov), s, lr, src, sizes)
-                    job.extra.update(source=repa_latents(args), data=REPA_DATA)
-                    jobs.append(job)
+    elif part in EXTRA_PARTS:  # issue #29: the tuning sweep, the composed runs, the alignment stopped
+        from latent_convergence_repa import repa_jobs  # it reads this module's plan: imported when used
+
+        jobs = repa_jobs(args, part, sizes, seeds, wanted)
     else:  # std
         lr, src = best_lrs(args)["sit"]
         for law in QUICK_STD_LAWS if args.quick else STD_LAWS:
@@ -434,7 +461,11 @@ def print_estimate(args: argparse.Namespace, part: str, jobs: list[Job]) -> floa
             f"  warning: over the {PART_LIMIT_MIN:.0f}-min budget of a part; split it with --seeds/--only"
         )
     for j in todo:
+        note = f"; {j.extra['note']}" if j.extra.get("note") else ""
+        if j.extra.get("pending"):
+            note = f"; pending: {j.extra['pending']}"
         common.log(
-            f"  {j.name}: lr {j.lr:g} ({j.lr_source}); ≈ {estimate_seconds(j, img_s, s_nfe) / 60:.1f} min"
+            f"  {j.name}: lr {j.lr:g} ({j.lr_source}){note}; "
+            f"≈ {estimate_seconds(j, img_s, s_nfe) / 60:.1f} min"
         )
     return secs

@@ -13,7 +13,7 @@ from typing import Any
 
 import common
 import convergence_curves as curves
-from latent_convergence_plan import ABLATIONS, COLOURS, HEADLINE, SEVENTH
+from latent_convergence_plan import ABLATIONS, COLOURS, HEADLINE, REPA_VARIANTS, SEVENTH
 
 
 def _finish_figure(plt, fig, ax, path: Path) -> Path:
@@ -148,3 +148,32 @@ def plot_std(std: dict[str, Any], floors, real, path: Path) -> Path:
     ax.set_ylabel("FID after the fixed budget (equal NFE)")
     ax.set_title("data scale on latents", loc="left")
     return _finish_figure(plt, fig, ax, path)
+
+
+def plot_repa(by, byc, floors, real, path: Path) -> Path:
+    """Issue #29: the composed recipes against the headline's, FID at equal and converged NFE (seed mean,
+    bands: seed min–max); dashed: REPA on, dotted: dit."""
+    plt = common.pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), dpi=150)
+    for ax, b, what in ((axes[0], by, "equal NFE"), (axes[1], byc, "converged NFE")):
+        for v in (*HEADLINE, *REPA_VARIANTS):
+            if v not in b:
+                continue
+            st, m, lo, hi = curves.mean_curve(b[v])
+            ls = ":" if v == "dit" else "--" if "repa" in v else "-"
+            n = len(b[v])
+            ax.plot(st, m, color=COLOURS[v], lw=1.8, ls=ls, marker="o", ms=3, label=f"{v} ({n} seeds)")
+            if n > 1 and len(st) > 1:
+                ax.fill_between(st, lo, hi, color=COLOURS[v], alpha=0.12, lw=0)
+        _floor_lines(ax, floors, real)
+        ax.set_yscale("log")
+        ax.set_xlabel("training step")
+        ax.set_ylabel(f"FID ({what})")
+        ax.set_title(f"REPA composed with the recipes: {what}", loc="left")
+        ax.grid(True, which="both", color="0.92")
+        ax.legend(frameon=False, fontsize=7)
+        ax.spines[["top", "right"]].set_visible(False)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -15,7 +15,17 @@ from typing import Any
 import common
 from latent_convergence_analysis import real_floor
 from latent_convergence_headline import headline_section
-from latent_convergence_plan import CONVERGED, EMA_DECAY, GRAD_CLIP, PARTS, RESOLUTION, load_part, results_dir
+from latent_convergence_plan import (
+    CONVERGED,
+    EMA_DECAY,
+    EXTRA_PARTS,
+    GRAD_CLIP,
+    PARTS,
+    RESOLUTION,
+    load_part,
+    results_dir,
+)
+from latent_convergence_repa_report import repa_section
 from latent_convergence_sweeps import ablations_section, lr_section, std_section
 
 
@@ -88,7 +98,7 @@ def rerun_commands(args: argparse.Namespace) -> list[str]:
     if args.quick:
         cmds = [f"{script} --quick"]
     else:
-        cmds = [f"{script} --part {p}" for p in PARTS] + [f"{script} --report"]
+        cmds = [f"{script} --part {p}" for p in (*PARTS, *EXTRA_PARTS)] + [f"{script} --report"]
     return [
         "Command (from the repository root), one per part, that reruns every figure and table below; a run "
         "whose metrics file exists is skipped, so each part can be split with `--seeds` / `--only` across "
@@ -105,13 +115,15 @@ def rerun_commands(args: argparse.Namespace) -> list[str]:
 def report(args: argparse.Namespace, out: Path) -> Path:
     """docs/benchmarks/latent_convergence.md + .json + PNGs from the metrics files that exist."""
     out.mkdir(parents=True, exist_ok=True)
-    parts = {p: load_part(args, p) for p in PARTS}
+    parts = {p: load_part(args, p) for p in (*PARTS, *EXTRA_PARTS)}
     fpath = results_dir(args) / "floors.json"
     floors_all = json.loads(fpath.read_text()) if fpath.is_file() else {}
     rpath = results_dir(args) / "snr_recommend.json"
     recs = json.loads(rpath.read_text()) if rpath.is_file() else None
     facts = common.machine_facts()
-    all_ms = [m for p in PARTS for m in parts[p]]
+    all_ms = [m for p in (*PARTS, *EXTRA_PARTS) for m in parts[p]]
+    epath = results_dir(args) / "repa_encoder_cost.json"
+    enc = json.loads(epath.read_text()) if epath.is_file() else None
     n = next((m["settings"]["num_samples"] for m in parts["headline"] + all_ms), None)
     floors = floors_all.get(f"mnist-ae/N={n}") if n else None
     real = real_floor(parts["headline"] or all_ms) or (floors or {}).get("fid_real_at_n")
@@ -119,11 +131,13 @@ def report(args: argparse.Namespace, out: Path) -> Path:
     title = "Convergence on latents: dit vs sit vs fasterdit, tuned baselines, data std on latents"
     L = [f"# {title}\n", *rerun_commands(args), "## Report assembled on\n", common.facts_markdown(facts), ""]
     L += setup_section(all_ms, floors, real)
-    L += headline_section("headline", parts["headline"], floors, real, out, res)
+    composed = parts["repa"] + parts["repa-off"]
+    L += headline_section("headline", parts["headline"], floors, real, out, res, composed)
     L += headline_section("long", parts["long"], floors, real, out, res)
     L += lr_section(parts["lr"], out, res)
     L += ablations_section(parts["ablations"], parts["headline"], floors, real, out, res)
     L += std_section(parts["std"], parts["headline"], recs, floors_all, out, res)
+    L += repa_section(args, parts, res, enc, floors, real, out)
     md = out / "latent_convergence.md"
     md.write_text("\n".join(L) + "\n")
     keys = (

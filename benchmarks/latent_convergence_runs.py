@@ -101,7 +101,9 @@ def prepare_repa_latents(args: argparse.Namespace) -> Path:
     from fasterdit.cli import main as cli
 
     out = Path(repa_latents(args))
+    prepare_seconds = None
     if not (out / "manifest.json").is_file():
+        t0 = time.time()
         split = QUICK_SPLIT if args.quick else "train"
         common.log(
             f"preparing the mnist-ae latents with {REPA_ENCODER} features of the MNIST {split} split in {out}"
@@ -113,6 +115,47 @@ def prepare_repa_latents(args: argparse.Namespace) -> Path:
         ]  # fmt: skip
         if cli(argv) != 0:
             raise SystemExit(f"fasterdit {' '.join(argv)} failed")
+        prepare_seconds = round(time.time() - t0, 1)
+    encoder_cost(args, prepare_seconds)
+    return out
+
+
+def encoder_cost(args: argparse.Namespace, prepare_seconds: float | None, reps: int = 20) -> dict[str, Any]:
+    """What the frozen encoder costs, measured once into ``repa_encoder_cost.json``: its forward pass on a
+    batch of 64 padded training digits (median of ``reps`` after 3 warm-ups; what a step would pay if the
+    features were computed on the fly), and the wall time of the ``prepare --align-encoder`` that stored them
+    (latents and features, when this invocation made it). With stored features a step pays neither."""
+    import torch
+
+    from fasterdit.data.embedded import load_embedded, pad_images
+    from fasterdit.data.encoders import load_encoder
+
+    path = results_dir(args) / "repa_encoder_cost.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    enc = load_encoder(REPA_ENCODER, "cpu")
+    grid = (RESOLUTION // enc.patch,) * 2
+    x = pad_images(load_embedded("mnist", "train")[0][:64], RESOLUTION)
+    times = []
+    for i in range(reps + 3):
+        t0 = time.perf_counter()
+        enc(x, grid)
+        if i >= 3:
+            times.append(time.perf_counter() - t0)
+    out = {
+        "encoder": REPA_ENCODER,
+        "parameters": sum(p.numel() for p in enc.parameters()),
+        "batch": 64,
+        "grid": list(grid),
+        "forward_ms_per_batch": round(1000 * statistics.median(times), 3),
+        "prepare_seconds": prepare_seconds,
+        "prepare_split": QUICK_SPLIT if args.quick else "train",
+        "torch_threads": torch.get_num_threads(),
+        "machine": common.machine_facts(),
+        "command": common.command_line(SCRIPT),
+    }
+    common.write_json(path, out)
+    common.log(f"{REPA_ENCODER} forward, batch 64: {out['forward_ms_per_batch']:.2f} ms")
     return out
 
 
@@ -232,6 +275,7 @@ def run_job(args: argparse.Namespace, job: Job, latents: dict[str, Any]) -> dict
         "seed": job.seed,
         "lr": job.lr,
         "lr_source": job.lr_source,
+        **({"align_source": job.extra["align_source"]} if "align_source" in job.extra else {}),
         "status": status,
         "error": error,
         "quick": bool(args.quick),
@@ -242,6 +286,13 @@ def run_job(args: argparse.Namespace, job: Job, latents: dict[str, Any]) -> dict
             "samples_per_sec": sps if math.isfinite(sps) else (statistics.median(finite) if finite else None),
             "final_loss": float(train[-1]["loss"]) if train else None,
             "skipped_total": int(train[-1].get("skipped_total", 0)) if train else None,
+            # per log interval (training steps only: evaluations and checkpoints excluded), for the
+            # per-step cost of a stage (the alignment on, then off)
+            "throughput": [
+                [int(r["step"]), round(float(r["samples_per_sec"]), 2)]
+                for r in train
+                if math.isfinite(r.get("samples_per_sec", math.nan))
+            ],
         },
         "wall_seconds": {"train_and_evals": round(train_wall, 1), "converged_evals": round(conv_wall, 1)},
         "machine": common.machine_facts(),
@@ -369,6 +420,17 @@ def run_part(args: argparse.Namespace, part: str, latents: dict[str, Any]) -> No
         ae_floor(args, jobs[0].sizes.num_samples)
     if part == "std":
         snr_recommendations(args)
-    for j in jobs:
-        run_job(args, j, latents)
+    done: set[str] = set()
+    while True:  # planned again after each round: the tuning sweep's stage 2 follows from stage 1's files
+        ready = [j for j in jobs if not j.extra.get("pending") and j.name not in done]
+        if not ready:
+            break
+        for j in ready:
+            run_job(args, j, latents)
+            done.add(j.name)
+        jobs = plan(args, part)
     common.log(f"part {part}: done in {(time.time() - t0) / 60:.1f} min")
+    pending = [j for j in jobs if j.extra.get("pending")]
+    if pending:
+        names = ", ".join(j.name for j in pending)
+        raise SystemExit(f"part {part}: not run, {names}: {pending[0].extra['pending']}")

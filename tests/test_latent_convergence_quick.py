@@ -46,6 +46,12 @@ def plan(bench):
 
 
 @pytest.fixture(scope="module")
+def repa(bench):
+    """Issue #29's REPA parts: the tuning sweep and the choice it feeds (``latent_convergence_repa.py``)."""
+    return bench("latent_convergence_repa")
+
+
+@pytest.fixture(scope="module")
 def readings(bench):
     """The pure readings the report draws its verdicts from (``latent_convergence_analysis.py``)."""
     return bench("latent_convergence_analysis")
@@ -67,9 +73,18 @@ def test_latent_convergence_quick(lc, plan, tmp_path):
             "fasterdit-no-std",
             "within the best two?",
             "reconstructions (posterior sample)",
+            # issue #29: the composed recipes in the headline's tables, and their own section
+            "`fasterdit+repa`, seed-mean curves",
+            "`fasterdit+repa-off`, seed-mean curves",
+            "Speed-up over `sit+repa`, equal NFE",
+            "Speed-up over `sit+repa`, converged NFE",
+            "REPA composed with the recipes (issue #29)",
+            "Chosen for `fasterdit+repa`",
+            "on vs off, within each run",
+            "ms per forward pass",
         ],
     )
-    assert "Not run yet" not in text
+    assert "Not run yet" not in text and "not run yet" not in text
     files = {p: sorted(f.stem for f in (res / p).glob("*.json")) for p in plan.PARTS}
     assert files["lr"] == [f"{v}-lr{x:g}-s0" for v in plan.QUICK_LR_VARIANTS for x in plan.QUICK_LRS]
     assert files["headline"] == sorted(f"{v}-s{s}" for v in plan.HEADLINE for s in (0, 1))
@@ -98,7 +113,8 @@ def test_latent_convergence_quick(lc, plan, tmp_path):
     rec = json.loads((res / "snr_recommend.json").read_text())
     assert all(rec[law][m]["k"] > 0 for law in plan.STD_LAWS for m in ("median", "mass"))
     data = json.loads((out / "latent_convergence.json").read_text())
-    assert {"headline", "long", "lr", "ablations", "std"} <= set(data["analysis"])
+    assert {"headline", "long", "lr", "ablations", "std", "repa"} <= set(data["analysis"])
+    check_repa_quick(plan, res, data)
     # the long part: one seed, so its flatness is judged by the relative slope; fasterdit's converged-NFE
     # checkpoints at 0.4 and 1 of 6 steps snap to the kept checkpoints 2 and 6
     assert data["analysis"]["long"]["flatness"]["rule"] == "relative slope"
@@ -114,13 +130,86 @@ def test_latent_convergence_quick(lc, plan, tmp_path):
         lc.main([*argv, "--part", "lr", "--steps", "4"])
 
 
+def check_repa_quick(plan, res, data):
+    """Issue #29's parts in the quick run: the tuning sweep's two stages (fasterdit+repa only; sit+repa keeps
+    REPA's default), the composed runs at the chosen setting, the alignment stopped half-way, the readings."""
+    tune = sorted(f.stem for f in (res / "repa-tune").glob("*.json"))
+    (w_best,) = {n.split("-w")[1].split("-")[0] for n in tune if "-d1-" in n}  # stage 2: at stage 1's best λ
+    assert tune == sorted(
+        [f"fasterdit+repa-w{w:g}-d2-s0" for w in plan.QUICK_REPA_TUNE_WEIGHTS]
+        + [f"fasterdit+repa-w{w_best}-d1-s0"]
+    )
+    assert sorted(f.stem for f in (res / "repa").glob("*.json")) == ["fasterdit+repa-s0", "sit+repa-s0"]
+    off = json.loads((res / "repa-off" / "fasterdit+repa-off-s0.json").read_text())
+    fr = json.loads((res / "repa" / "fasterdit+repa-s0.json").read_text())
+    sr = json.loads((res / "repa" / "sit+repa-s0.json").read_text())
+    assert sr["align_source"].startswith("REPA's default") and fr["align_source"].startswith("tuning sweep")
+    sov = sr["settings"]["recipe_overrides"]
+    assert (sov["align.weight"], sov["align.depth"]) == (0.5, 2)
+    ov = fr["settings"]["recipe_overrides"]
+    assert ov["align.encoder"] == "mnist-ssl" and f"{ov['align.weight']:g}" == w_best
+    assert {k: v for k, v in off["settings"]["recipe_overrides"].items() if k != "stages"} == ov
+    assert off["settings"]["recipe_overrides"]["stages"] == [{"at": 2, "set": {"align.weight": 0}}]
+    assert [c["step"] for c in off["converged"]] == [2, 4] and [c["step"] for c in sr["converged"]] == [4]
+    assert [r[0] for r in off["train"]["throughput"]] == [2, 4]
+    for kind in ("equal", "converged"):
+        rd = data["analysis"]["headline"]["readings"][kind]
+        for base, rows in (("dit", ("fasterdit+repa", plan.REPA_OFF)), ("sit", plan.REPA_VARIANTS)):
+            for v in rows:
+                assert rd[base][v]["status"] == "ok" and rd[base][v]["fast"] == v
+        assert rd["sit+repa"]["status"] == "ok" and rd["sit+repa"]["fast"] == "fasterdit+repa"
+        assert rd["sit+repa"]["target"] == 1.5 and rd["dit"]["fasterdit+repa"]["target"] == 7.0
+        assert rd["sit+repa"][plan.REPA_OFF]["status"] == "ok"
+    cost = data["analysis"]["repa"]["step_cost"]
+    assert cost["encoder"]["forward_ms_per_batch"] > 0 and cost["fasterdit+repa"]["base_ms_per_step"]
+    assert len(cost[plan.REPA_OFF]["per_seed_on_off_ms"]) == 1
+    assert data["analysis"]["repa"]["tuning"]["fasterdit+repa"]["state"] == "tuned"
+
+
 def test_report_without_runs_says_not_run_yet(lc, tmp_path):
     argv = ["--report", "--results", str(tmp_path / "none"), "--out", str(tmp_path / "r")]
     assert lc.main(argv) == 0
     text = (tmp_path / "r" / "latent_convergence.md").read_text()
-    for part in ("headline", "long", "lr", "ablations", "std"):
+    for part in ("headline", "long", "lr", "ablations", "std", "repa-tune", "repa", "repa-off"):
         assert f"`python benchmarks/latent_convergence.py --part {part}`" in text
-    assert text.count("Not run yet") == 5 and "No run has finished yet" in text
+    assert text.count("Not run yet") == 8 and "No run has finished yet" in text
+
+
+def test_repa_tuning_choice_and_pending_runs(lc, repa, plan, tmp_path):
+    """The sweep's two stages from the metrics files alone: REPA's default before any tuning run, stage 2
+    planned at stage 1's best λ (by mean ln FID, not the final FID), the runs needing the choice held back
+    (pending) while the sweep is incomplete, and the choice once it is complete."""
+    args = lc.parse_args(["--estimate", "--results", str(tmp_path), "--part", "repa-tune,repa,repa-off"])
+
+    def write(name, variant, fids, status="ok"):
+        evals = [{"step": 300 * (i + 1), "fid": f} for i, f in enumerate(fids)]
+        m = {"name": name, "variant": variant, "status": status, "evals": evals, "settings": {"steps": 1200}}
+        (tmp_path / "repa-tune").mkdir(exist_ok=True)
+        (tmp_path / "repa-tune" / f"{name}.json").write_text(json.dumps(m))
+
+    v = "fasterdit+repa"
+    assert repa.tune_choice(args, v)["state"] == "default"
+    jobs = plan.plan(args, "repa")
+    assert all(not j.extra.get("pending") and j.overrides["align.weight"] == 0.5 for j in jobs)
+    write(f"{v}-w0.25-d2-s0", v, [40.0, 20.0, 10.0, 5.0])
+    assert repa.tune_choice(args, v)["state"] == "stage 1"
+    assert all(j.extra.get("pending") for j in plan.plan(args, "repa") if j.variant == v)
+    assert all(j.extra.get("pending") for j in plan.plan(args, "repa-off"))
+    write(f"{v}-w0.5-d2-s0", v, [20.0, 10.0, 8.0, 6.0])  # worse at the end, ahead over the stretch: chosen
+    write(f"{v}-w1-d2-s0", v, [], status="diverged")
+    ch = repa.tune_choice(args, v)
+    assert ch["state"] == "stage 2" and ch["weight"] == 0.5
+    names = [j.name for j in plan.plan(args, "repa-tune") if j.variant == v]
+    assert names[-2:] == [f"{v}-w0.5-d1-s0", f"{v}-w0.5-d3-s0"]
+    write(f"{v}-w0.5-d1-s0", v, [30.0, 15.0, 9.0, 7.0])
+    write(f"{v}-w0.5-d3-s0", v, [19.0, 10.0, 8.0, 6.0])
+    ch = repa.tune_choice(args, v)
+    assert (ch["state"], ch["weight"], ch["depth"]) == ("tuned", 0.5, 3)
+    (off,) = [j for j in plan.plan(args, "repa-off") if j.seed == 0]
+    assert off.overrides["align.depth"] == 3 and off.overrides["stages"] == [
+        {"at": 1050, "set": {"align.weight": 0}}
+    ]
+    assert repa.tune_choice(args, "sit+repa")["state"] == "default"
 
 
 def test_readings(plan, readings):
