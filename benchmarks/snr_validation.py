@@ -23,6 +23,9 @@ Protocol (written before any run of it):
 * **Evaluation**: FID-clf of N = 1,000 decoded EMA samples (Euler, 25 NFE, cfg 1) against the held-out
   digits, in pixel space, at steps 525 and 1,050; the reading is the final FID.
 * **Sweep**: k ∈ {0.25, 0.5, 1, 2, 4} × the raw data, seed 0. **Best** = the sweep's lowest final FID.
+  *Amendment (2026-12-05 13:16, after (b)'s first two sweep points, before its others):* when the lowest
+  FID of the finished grid sits at an edge, the grid grows by one ×2 step beyond that edge, at most twice
+  each way (×1/16 … ×16), so that the best is interior; the extra points are reported with the sweep.
 * **Recommendation**: ``fasterdit snr --recipe <the law on the raw data> --data <the data> --recommend``
   (median at the window's centre, the tool's default), the real command; its k need not be a grid point.
 * **Seeds**: 3 seeds (0, 1, 2) at the best k and at the recommended k. ``seed_spread`` = max − min of the
@@ -99,6 +102,7 @@ SCALES = (0.25, 0.5, 1.0, 2.0, 4.0)
 LAWS = ("lognorm", "uniform")
 SEEDS = (0, 1, 2)
 SHIFT_KS = (0.5, 2.0)
+MAX_EXTENSIONS = 2  # the sweep's grid grows at most to ×1/16 or ×16 of the raw data
 SIZES = Sizes(1050, 525)
 QUICK_SIZES = Sizes(2, 2, (), "DiT-Mi/2", 8, 50, 4, 1)
 
@@ -199,9 +203,30 @@ def sweep_of(args: argparse.Namespace, data: str, law: str) -> dict[float, dict[
     return {float(m["settings"]["k"]): m for m in runs}
 
 
+def sweep_scales(args: argparse.Namespace, data: str, law: str) -> list[float]:
+    """The sweep's grid: ``SCALES``, extended by one ×2 step beyond an edge while the finished grid's lowest
+    FID sits at that edge (at most ``MAX_EXTENSIONS`` steps each way), so that the best is interior."""
+    ks = list(SCALES[1:4:2] if args.quick else SCALES)
+    if args.quick:
+        return ks
+    done = sweep_of(args, data, law)
+    lo = hi = 0
+    while all(k in done for k in ks):
+        best = min(ks, key=lambda k: final_fid(done[k]))
+        if best == ks[0] and lo < MAX_EXTENSIONS:
+            ks.insert(0, ks[0] / 2)
+            lo += 1
+        elif best == ks[-1] and hi < MAX_EXTENSIONS:
+            ks.append(ks[-1] * 2)
+            hi += 1
+        else:
+            break
+    return ks
+
+
 def plan(args: argparse.Namespace, part: str, data: str, law: str) -> list[Job]:
     if part == "sweep":
-        return [job_for(args, data, law, k, 0, part) for k in (SCALES[1:4:2] if args.quick else SCALES)]
+        return [job_for(args, data, law, k, 0, part) for k in sweep_scales(args, data, law)]
     if part == "seeds":
         sweep = sweep_of(args, data, law)
         if len(sweep) < (2 if args.quick else len(SCALES)):
@@ -251,8 +276,14 @@ def run(args: argparse.Namespace) -> None:
         else:
             pairs = [(d, w) for d in datas for w in laws]
         for data, law in pairs:
-            for job in plan(args, part, data, law):
-                run_job(args, job, {"source": job.extra["source"]})
+            planned: set[str] = set()
+            while True:  # a sweep's grid grows while its best sits at an edge: plan again after each pass
+                jobs = plan(args, part, data, law)
+                if {j.name for j in jobs} <= planned:
+                    break
+                planned |= {j.name for j in jobs}
+                for job in jobs:
+                    run_job(args, job, {"source": job.extra["source"]})
     report.write(args)
 
 

@@ -53,3 +53,25 @@ def test_quick_mode_runs_every_part_and_writes_the_cases(sv, capsys):
     assert held and all(c["fid_new_seeds"] and math.isfinite(c["fid_new"]) for c in held)
     assert len(report["scale_vs_shift"]) == len(sv.SHIFT_KS)
     assert all(r["fid_scale"] and r["fid_shift"] for r in report["scale_vs_shift"])
+
+
+def test_the_sweep_grows_past_an_edge_where_its_best_sits_and_stops_after_two_steps(sv, tmp_path):
+    """The protocol's amendment: a best at the grid's edge adds the next ×2 step beyond it (at most twice)."""
+    args = sv.parse_args(["--report", "--results", str(tmp_path)])
+
+    def finish(k: float, fid: float) -> None:
+        name = f"latents16-raw-lognorm-k{k:.4g}-s0"
+        m = {"name": name, "status": "ok", "settings": {"k": k}, "evals": [{"step": 1, "fid": fid}]}
+        (tmp_path / "sweep").mkdir(exist_ok=True)
+        (tmp_path / "sweep" / f"{name}.json").write_text(json.dumps(m))
+
+    assert sv.sweep_scales(args, "latents16-raw", "lognorm") == list(sv.SCALES)
+    for k in sv.SCALES:
+        finish(k, 10.0 + k)  # lowest at the low edge
+    assert sv.sweep_scales(args, "latents16-raw", "lognorm") == [0.125, *sv.SCALES]
+    finish(0.125, 9.0)
+    assert sv.sweep_scales(args, "latents16-raw", "lognorm") == [0.0625, 0.125, *sv.SCALES]
+    finish(0.0625, 8.0)  # still at the edge, but two steps is the limit
+    assert sv.sweep_scales(args, "latents16-raw", "lognorm") == [0.0625, 0.125, *sv.SCALES]
+    finish(0.0625, 12.0)  # now interior: no further growth either way
+    assert sv.sweep_scales(args, "latents16-raw", "lognorm") == [0.0625, 0.125, *sv.SCALES]
