@@ -75,8 +75,10 @@ def _points(args: argparse.Namespace, datas: tuple[str, ...]) -> list[dict[str, 
     out = []
     for data in datas:
         for law in sv.LAWS:
-            sweep = {k: sv.final_fid(m) for k, m in sv.sweep_of(args, data, law).items()}
-            ln_k = best_ln_k(sweep)
+            runs = sv.sweep_of(args, data, law)
+            if not all(k in runs for k in sv.sweep_scales(args, data, law)):
+                continue  # a sweep enters the fit only once its grid (edge steps included) is finished
+            ln_k = best_ln_k({k: sv.final_fid(m) for k, m in runs.items()})
             if ln_k is None:
                 continue
             raw_std = sv.recommendation(args, data, law)["raw_std"]
@@ -88,7 +90,7 @@ def calibration(args: argparse.Namespace) -> dict[str, Any]:
     """The fit on ``FIT_ON``, each case's old and new k, and the leave-one-out fits (from the sweeps)."""
     every = _points(args, tuple(sv.DATASETS))
     train = [p for p in every if p["data"] in FIT_ON]
-    if len({p["data"] for p in train}) < len(FIT_ON):
+    if len(train) < len(FIT_ON) * len(sv.LAWS):
         return {"status": f"waiting for the sweeps of {', '.join(FIT_ON)}", "fit_on": list(FIT_ON)}
     main = fit(train)
     main["lam_lo"] = float(f"{main['lam_lo']:.6g}")  # the value the command line carries (--tail)
