@@ -222,7 +222,11 @@ DDP_SCRIPT = textwrap.dedent(
     src.images = src.images.clone()
     src.images[idx] = float("nan")
     res = tr.run()
-    print("result", tr.ctx.dist.rank, res.step, res.rollbacks, res.images_seen, flush=True)
+    # one write per line (< PIPE_BUF): the two ranks share torchrun's stdout, and print's separate writes of
+    # its arguments interleave ("result result 0 ...")
+    line = f"result {tr.ctx.dist.rank} {res.step} {res.rollbacks} {res.images_seen}\\n"
+    sys.stdout.write(line)
+    sys.stdout.flush()
     """
 )
 
