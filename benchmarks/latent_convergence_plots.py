@@ -16,16 +16,24 @@ import convergence_curves as curves
 from latent_convergence_plan import ABLATIONS, COLOURS, HEADLINE, REPA_VARIANTS, SEVENTH
 
 
-def _finish_figure(plt, fig, ax, path: Path) -> Path:
-    """The house style shared by the report's single-axis figures: light grid, legend, no top/right
-    spines; saved and closed."""
+def _style_axis(ax) -> None:
+    """The house style shared by the report's figures: light grid, legend, no top/right spines."""
     ax.grid(True, which="both", color="0.92")
     ax.legend(frameon=False, fontsize=7)
     ax.spines[["top", "right"]].set_visible(False)
+
+
+def _save_figure(plt, fig, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def _finish_figure(plt, fig, ax, path: Path) -> Path:
+    """A single-axis figure in the house style, saved and closed."""
+    _style_axis(ax)
+    return _save_figure(plt, fig, path)
 
 
 def _floor_lines(ax, floors: dict[str, Any] | None, real: float | None) -> None:
@@ -170,10 +178,5 @@ def plot_repa(by, byc, floors, real, path: Path) -> Path:
         ax.set_xlabel("training step")
         ax.set_ylabel(f"FID ({what})")
         ax.set_title(f"REPA composed with the recipes: {what}", loc="left")
-        ax.grid(True, which="both", color="0.92")
-        ax.legend(frameon=False, fontsize=7)
-        ax.spines[["top", "right"]].set_visible(False)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+        _style_axis(ax)
+    return _save_figure(plt, fig, path)
