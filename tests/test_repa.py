@@ -167,6 +167,31 @@ def test_the_schedule_turns_alignment_off_after_step_n(straight):
     assert recipe.stages[0].at == 3 and recipe.at(3).timesteps == "lognorm"
 
 
+def test_the_step_builds_no_recipe_once_training_runs(tmp_path, monkeypatch):
+    """The stage recipes are built once with the training parts: a step indexes them, it neither rebuilds
+    a recipe nor serialises one to key a cache (host work on every step of a GPU run)."""
+    from fasterdit.diffusion.recipe import Recipe
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a training step built or serialised a recipe")
+
+    def after_step(trainer, step):  # step: optimizer steps done; steps 2-5 are watched (the run's
+        if step == 1:  # start and its final checkpoint serialise the recipe, as they should)
+            monkeypatch.setattr(Recipe, "_stage_recipe", refuse)
+            monkeypatch.setattr(Recipe, "to_dict", refuse)
+        if step == 5:
+            monkeypatch.undo()
+
+    cfg = load_config("demo", [*TINY_RUN, *ALIGN, "train.steps=5", "log.ckpt_every=100", "eval.every=0"])
+    tr = Trainer(cfg, tmp_path, install_signal_handlers=False)
+    tr.after_step_hook = after_step
+    tr.run()
+    from fasterdit.train.logging import read_metrics
+
+    rows = read_metrics(tmp_path, "train")
+    assert [("loss_align" in r) for r in rows] == [True, True, True, False, False]
+
+
 def test_checkpoint_model_and_ema_hold_exactly_the_official_names(straight):
     from fasterdit.generate.loading import load_trained
 

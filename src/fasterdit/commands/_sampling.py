@@ -284,4 +284,3 @@ def summary(res: JobResult, lm: LoadedModel, settings: SampleSettings) -> str:
         f"{settings.guide_channels or 'all'} channels, labels {settings.label_mode}; {res.sampled} sampled "
         f"now ({rate:.2f}/s), {res.resumed} resumed, {res.seconds:.1f} s"
     )
-

@@ -63,6 +63,7 @@ SAMPLERS: dict[str, Callable[..., SampleResult]] = {
     "ddim": ddim,
 }
 
+
 def _check_interval(interval: Any) -> tuple[float, float] | None:
     if interval is None:
         return None

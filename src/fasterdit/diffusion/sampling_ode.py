@@ -123,8 +123,9 @@ def heun(
     _check_last_step(last_step, HEUN_LAST_STEPS)
     if last_step == "heun" and default_t_min(schedule, target) > 0.0:
         raise ConfigError(
-            "last_step", f"'heun' evaluates the model at t = 0, where {target!r} on {schedule.name} has "
-            "no finite velocity; use 'euler' or 'x0'"
+            "last_step",
+            f"'heun' evaluates the model at t = 0, where {target!r} on {schedule.name} has "
+            "no finite velocity; use 'euler' or 'x0'",
         )
     fn = CountingFn(model_fn)
     grid = time_grid(steps, resolve_t_max(t_max, schedule, target), 0.0, shift)

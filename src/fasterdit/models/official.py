@@ -68,9 +68,11 @@ def read_official_state_dict(
             f"found {len(state)} tensors)"
         )
     args = obj.get("args")
-    trained_as = args.model if isinstance(args, argparse.Namespace) and isinstance(
-        vars(args).get("model"), str
-    ) else None
+    trained_as = (
+        args.model
+        if isinstance(args, argparse.Namespace) and isinstance(vars(args).get("model"), str)
+        else None
+    )
     return state, source, trained_as
 
 

@@ -16,6 +16,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from fasterdit.data.source import EmbeddedSource
 from fasterdit.diffusion.losses import DiffusionLoss
+from fasterdit.diffusion.recipe import Recipe
 from fasterdit.errors import ConfigError
 from fasterdit.models.dit import DiT
 from fasterdit.run.config import OptimConfig, TrainConfig
@@ -53,6 +54,9 @@ class TrainParts:
     step_loss: LossTerms  # what the step calls: ``loss_terms`` compiled, or ``loss_terms`` itself
     gen: torch.Generator  # the step's generator, reseeded from (seed, step) every step
     stop_flag: torch.Tensor  # the stop flag's device buffer, all-reduced with the step's stats
+    #: the recipe in force in each stage of the step schedule (``recipe.stages``; one entry without stages),
+    #: built once here so that the step indexes it instead of rebuilding or re-keying a recipe per step
+    stage_recipes: tuple[Recipe, ...]
     align: AlignParts | None = None  # REPA's projector, hook and encoder, when a stage of the recipe aligns
 
     def no_sync(self, last: bool) -> contextlib.AbstractContextManager:
@@ -188,9 +192,8 @@ def build_parts(ctx: RunContext) -> TrainParts:
         train_model = ddp
     # one loss per stage of the recipe (its step schedule: recipe.stages), each with its own weights/law
     term = align.term if align is not None else None
-    stage_losses = [
-        DiffusionLoss(r, patch_size=model.patch_size, align=term) for r in ctx.recipe.stage_recipes()
-    ]
+    stage_recipes = tuple(ctx.recipe.stage_recipes())
+    stage_losses = [DiffusionLoss(r, patch_size=model.patch_size, align=term) for r in stage_recipes]
     # train.compile: on one process the whole loss (noising, DiT, target, MSE, direction cosine) is one
     # graph, so inductor fuses the loss's element-wise work with the model's (measured ~10% faster than
     # compiling the model alone, benchmarks/throughput.py); under DDP the module is compiled, so
@@ -240,5 +243,6 @@ def build_parts(ctx: RunContext) -> TrainParts:
         step_loss=step_loss,
         gen=torch.Generator(device=dev),
         stop_flag=torch.zeros((), device=dev),
+        stage_recipes=stage_recipes,
         align=align,
     )

@@ -126,7 +126,7 @@ def train_step(
 
     # the recipe's step schedule (recipe.stages): the timestep law and the loss weights in force now
     stage = ctx.recipe.stage_index(step)
-    recipe = ctx.recipe.at(step)
+    recipe = parts.stage_recipes[stage]
     parts.gen.manual_seed(derive_seed(cfg.seed, STEP_TAG, step))
     draws = draw_global(recipe, ctx.source, parts.model, parts.gen, parts.device, B)
     x, y, stored = _batch(ctx, parts, step, images_seen, share)
