@@ -35,6 +35,12 @@ Protocol (written before any run of it):
   sets it), ``fid_default − fid_recommended >
   seed_spread`` (it beats ×1 beyond the noise). ``fid_default`` is the sweep's k = 1 run (raw data, no
   modulation). A miss is reported as a miss.
+* *Amendment (2026-12-05 15:25, after (a)'s and (b)'s sweeps, before any run of (c)'s):* **(d)**
+  ``latents-x5``, the issue's classic mistake (the scaled latents × 5, std ≈ 5), enters the cases as a
+  *relabelling* of (a): a run of (d) at k is the run of (a) at the same multiplier on what the trainer reads
+  (k × 5 / 1.6487), so (d) adds no training evidence of its own; it shows what the tool answers on data
+  scaled far from 1, and its one new run is its ×1 (``--part sweep --data latents-x5``: (a) at ×3.03). The
+  verdicts of (d) follow from (a)'s runs; the independent evidence for data far from 1 is (b) alone.
 * **Scale against shift** (``shift`` part): on (a) with lognorm, data × k against timestep shift s = 1/k (the
   same PDF of λ on the linear flow path: λ moves by −2·ln s), k ∈ {0.5, 2}, 3 seeds each: does the PDF alone
   predict the outcome?
@@ -71,6 +77,7 @@ Parts, each resumable from its committed per-run metrics files
     python benchmarks/snr_validation.py --part seeds --data latents-raw --law lognorm   # best + rec, 3 seeds
     python benchmarks/snr_validation.py --part shift                                    # 12 runs
     python benchmarks/snr_validation.py --part calibrated   # after (a)'s and (b)'s sweeps: (c) at the fit
+    python benchmarks/snr_validation.py --part sweep --data latents-x5   # (d) = (a) rescaled: its ×1, 2 runs
     python benchmarks/snr_validation.py --report        # docs/benchmarks/snr_validation.{md,json,png}
     python benchmarks/snr_validation.py --quick         # tiny smoke run (CI)
 """
@@ -114,6 +121,9 @@ class DataSet:
     name: str
     label: str
     model: str
+    #: a data set that is another one rescaled: it trains nothing of its own, its runs are that set's runs
+    #: at the same multiplier on what the trainer reads (k here = k there × raw there / raw here)
+    relabels: str | None = None
 
 
 DATASETS = {
@@ -122,7 +132,15 @@ DATASETS = {
         "latents16-raw", "(b) mnist-ae16 latents (16 channels) without scaling_factor", "DiT-Ti/2"
     ),
     "pixels": DataSet("pixels", "(c) MNIST pixels in [-1, 1]", "DiT-Ti/4"),
+    "latents-x5": DataSet(
+        "latents-x5",
+        "(d) mnist-ae latents × scaling_factor × 5 (the classic mistake: scaled twice)",
+        "DiT-Ti/2",
+        relabels="latents-raw",
+    ),
 }
+#: the data sets that train (the others are relabellings of them)
+MEASURED = tuple(name for name, ds in DATASETS.items() if ds.relabels is None)
 
 
 def source_of(args: argparse.Namespace, data: str) -> tuple[str, float, str]:
@@ -136,6 +154,9 @@ def source_of(args: argparse.Namespace, data: str) -> tuple[str, float, str]:
         return str(out), 1.0 / float(lat["scaling_factor"]), "mnist-ae16 latents × 1/scaling_factor"
     if data == "pixels":
         return ("digits" if args.quick else "mnist"), 1.0, "embedded MNIST training digits in [-1, 1]"
+    if data == "latents-x5":
+        prepare_latents(args)
+        return args.latents, 5.0, "mnist-ae latents × 5 (std ≈ 5)"
     raise SystemExit(f"unknown data set {data!r} (one of {', '.join(DATASETS)})")
 
 
@@ -198,7 +219,19 @@ def final_fid(m: dict[str, Any]) -> float:
     return float(m["evals"][-1]["fid"]) if m["status"] == "ok" and m["evals"] else math.inf
 
 
+def relabel_factor(args: argparse.Namespace, data: str) -> float:
+    """k on ``data`` per k on the set it relabels (the same multiplier on what the trainer reads)."""
+    source = DATASETS[data].relabels
+    assert source is not None, f"{data} is measured, not relabelled"
+    return source_of(args, source)[1] / source_of(args, data)[1]
+
+
 def sweep_of(args: argparse.Namespace, data: str, law: str) -> dict[float, dict[str, Any]]:
+    """The sweep's runs by k on ``data`` (for a relabelled set, its source's runs at the same multiplier)."""
+    source = DATASETS[data].relabels
+    if source is not None:
+        f = relabel_factor(args, data)
+        return {k * f: m for k, m in sweep_of(args, source, law).items()}
     runs = [m for m in finished(args, "sweep") if m["name"].startswith(f"{data}-{law}-")]
     return {float(m["settings"]["k"]): m for m in runs}
 
@@ -225,6 +258,14 @@ def sweep_scales(args: argparse.Namespace, data: str, law: str) -> list[float]:
 
 
 def plan(args: argparse.Namespace, part: str, data: str, law: str) -> list[Job]:
+    source = DATASETS[data].relabels
+    if source is not None:  # its runs are its source's: the one it adds is its ×1 (the source at 1 / f)
+        if part != "sweep":
+            raise SystemExit(
+                f"{data} is {source} rescaled: its {part} runs are {source}'s, which --report reads "
+                "at the same multiplier; only its sweep adds a run (its ×1)"
+            )
+        return [job_for(args, source, law, 1.0 / relabel_factor(args, data), 0, part)]
     if part == "sweep":
         return [job_for(args, data, law, k, 0, part) for k in sweep_scales(args, data, law)]
     if part == "seeds":
@@ -264,7 +305,7 @@ def plan(args: argparse.Namespace, part: str, data: str, law: str) -> list[Job]:
 def run(args: argparse.Namespace) -> None:
     import snr_validation_report as report
 
-    datas = args.data.split(",") if args.data else list(DATASETS)
+    datas = args.data.split(",") if args.data else list(MEASURED)
     laws = args.law.split(",") if args.law else list(LAWS)
     for part in args.part.split(","):
         if part == "shift":

@@ -78,7 +78,8 @@ def _points(args: argparse.Namespace, datas: tuple[str, ...]) -> list[dict[str, 
             runs = sv.sweep_of(args, data, law)
             if not all(k in runs for k in sv.sweep_scales(args, data, law)):
                 continue  # a sweep enters the fit only once its grid (edge steps included) is finished
-            ln_k = best_ln_k({k: sv.final_fid(m) for k, m in runs.items()})
+            grid = sv.sweep_scales(args, data, law)  # not the extra runs a relabelled set adds
+            ln_k = best_ln_k({k: sv.final_fid(runs[k]) for k in grid})
             if ln_k is None:
                 continue
             raw_std = sv.recommendation(args, data, law)["raw_std"]
@@ -88,7 +89,7 @@ def _points(args: argparse.Namespace, datas: tuple[str, ...]) -> list[dict[str, 
 
 def calibration(args: argparse.Namespace) -> dict[str, Any]:
     """The fit on ``FIT_ON``, each case's old and new k, and the leave-one-out fits (from the sweeps)."""
-    every = _points(args, tuple(sv.DATASETS))
+    every = _points(args, sv.MEASURED)  # a relabelled set would count its source twice
     train = [p for p in every if p["data"] in FIT_ON]
     if len(train) < len(FIT_ON) * len(sv.LAWS):
         return {"status": f"waiting for the sweeps of {', '.join(FIT_ON)}", "fit_on": list(FIT_ON)}
@@ -101,7 +102,7 @@ def calibration(args: argparse.Namespace) -> dict[str, Any]:
         new = sv.recommendation(args, p["data"], p["law"], tail=(main["lam_lo"], main["q"]))["k"]
         cases.append(p | {"best_k": math.exp(p["best_ln_k"]), "old_k": old, "new_k": new})
     loo = []
-    for held in sv.DATASETS:
+    for held in sv.MEASURED:
         rest = [p for p in every if p["data"] != held]
         if len({p["data"] for p in rest}) < 2 or not any(p["data"] == held for p in every):
             continue

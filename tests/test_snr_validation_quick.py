@@ -47,6 +47,16 @@ def test_quick_mode_runs_every_part_and_writes_the_cases(sv, capsys):
     assert a["best_scale"] in sv.SCALES and math.isfinite(a["fid_best"]) and a["seed_spread"] >= 0
     b = cases[("latents16-raw", "uniform")]  # the second autoencoder's raw latents, also moved to std 1
     assert b["raw_std"] == pytest.approx(1.0 / b["recommended_scale"], rel=1e-6)
+    # (d), the scaled latents x 5, is (a) relabelled: the same runs read at k x f, and the tool's answer
+    # moves by f exactly (it sets k * raw std): a statement about the rule, not new training evidence
+    d = cases[("latents-x5", "lognorm")]
+    f = a["raw_std"] / d["raw_std"]
+    assert d["raw_std"] == pytest.approx(5.0, rel=0.02)  # the scaled latents have std ~1 by construction
+    assert d["recommended_scale"] == pytest.approx(a["recommended_scale"] * f, rel=1e-6)
+    assert d["best_scale"] == pytest.approx(a["best_scale"] * f, rel=1e-9)
+    assert (d["fid_best"], d["fid_recommended"]) == (a["fid_best"], a["fid_recommended"])
+    reading = next(r for r in report["readings"] if r["data"] == "latents-x5" and r["law"] == "lognorm")
+    assert reading["relabels"] == "latents-raw"
     cal = report["calibration"]  # item 4: fitted on (a) and (b), the held-out (c) trained at the new rule's k
     assert cal["status"] == "fitted" and 0 < cal["q"] < 1 and math.isfinite(cal["lam_lo"])
     held = [c for c in cal["cases"] if c["data"] == cal["held_out"]]
