@@ -88,7 +88,8 @@ def case(args: argparse.Namespace, data: str, law: str) -> dict[str, Any]:
         at_rec = _runs_at(args, data, law, rec["k"])
         out["fid_recommended"] = _mean_fid(at_rec)
         out["seeds"] = {"best": [m["seed"] for m in at_best], "recommended": [m["seed"] for m in at_rec]}
-    out["status"] = "complete" if len(at_best) >= 3 and out["fid_recommended"] is not None else "partial"
+    seeds_rec = len(out.get("seeds", {}).get("recommended", []))
+    out["status"] = "complete" if len(at_best) >= 3 and seeds_rec >= 3 else "partial"
     out["verdict"] = verdict(out)
     if source is not None:
         out.update(relabelling(args, data, source, law, rec))
