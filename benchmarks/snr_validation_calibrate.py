@@ -76,9 +76,9 @@ def _points(args: argparse.Namespace, datas: tuple[str, ...]) -> list[dict[str, 
     for data in datas:
         for law in sv.LAWS:
             runs = sv.sweep_of(args, data, law)
-            if not all(k in runs for k in sv.sweep_scales(args, data, law)):
-                continue  # a sweep enters the fit only once its grid (edge steps included) is finished
             grid = sv.sweep_scales(args, data, law)  # not the extra runs a relabelled set adds
+            if not all(k in runs for k in grid):
+                continue  # a sweep enters the fit only once its grid (edge steps included) is finished
             ln_k = best_ln_k({k: sv.final_fid(runs[k]) for k in grid})
             if ln_k is None:
                 continue

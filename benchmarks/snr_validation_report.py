@@ -92,12 +92,12 @@ def case(args: argparse.Namespace, data: str, law: str) -> dict[str, Any]:
     out["status"] = "complete" if len(at_best) >= 3 and seeds_rec >= 3 else "partial"
     out["verdict"] = verdict(out)
     if source is not None:
-        out.update(relabelling(args, data, source, law, rec))
+        out.update(relabelling(args, data, source, rec, recs.get(f"{source}/{law}")))
     return out
 
 
 def relabelling(
-    args: argparse.Namespace, data: str, source: str, law: str, rec: dict[str, Any] | None
+    args: argparse.Namespace, data: str, source: str, rec: dict | None, src: dict | None
 ) -> dict[str, Any]:
     """What a relabelled case is: its source's runs, read at k × factor, and whether the tool's answer
     moves with the data's scale exactly (the rule is scale-equivariant: k·raw std is what it sets)."""
@@ -109,9 +109,7 @@ def relabelling(
         "the same multiplier on what the trainer reads; it adds no training evidence of its own, it shows "
         "what the tool answers on data scaled far from 1",
     }
-    recs = json.loads((Path(args.results) / "recommend.json").read_text())
-    src = recs.get(f"{source}/{law}")
-    if rec and src:
+    if rec and src:  # the tool's answers on this set and on its source
         out["recommended_scale_over_source"] = rec["k"] / (src["k"] * f)  # 1 if the tool is equivariant
     return out
 
