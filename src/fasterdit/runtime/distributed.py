@@ -108,11 +108,26 @@ def join_process_group(device: torch.device, timeout: timedelta, backend: str | 
     if dist.is_initialized():
         return DistInfo(rank, world, local_rank, device, dist.get_backend())
     backend = backend or ("nccl" if device.type == "cuda" else "gloo")
+    _import_group_defaults()
     kwargs: dict[str, Any] = {"timeout": timeout}
     if backend == "nccl" and "device_id" in inspect.signature(dist.init_process_group).parameters:
         kwargs["device_id"] = device  # bind the NCCL communicator to this rank's GPU (torch >= 2.3)
     dist.init_process_group(backend=backend, init_method="env://", **kwargs)
     return DistInfo(rank, world, local_rank, device, backend, owns_group=True)
+
+
+def _import_group_defaults() -> None:
+    """Import, before the default group exists, the torch modules that take ``group.WORLD`` as the
+    default value of an argument when they are imported (``torch.distributed.nn.functional``, FSDP's
+    sharded grad scaler; ``torch._dynamo`` imports both, and the first module built under a device context
+    imports ``torch._dynamo``).
+
+    Why: imported after the group is made, they hold it past ``destroy_process_group``, so gloo's worker
+    threads outlive the program; one of them then frees its last collective's tensors during interpreter
+    shutdown and aborts the rank ("terminate called without an active exception", SIGABRT) after all its
+    work is done, and torchrun reports the job as failed (4 of 55 two-process ``eval`` runs on a loaded
+    2-core machine; pytorch/pytorch#190489). Imported first, they hold ``None``."""
+    import torch._dynamo  # noqa: F401
 
 
 def object_group(info: DistInfo, timeout: timedelta) -> Any:
@@ -126,10 +141,9 @@ def object_group(info: DistInfo, timeout: timedelta) -> Any:
 
 def cleanup(synchronize: bool = False) -> None:
     """Leave the process group. ``synchronize`` (a normal exit): wait for every rank first, so that no
-    rank tears down its connections while a peer still uses them; with gloo a peer whose connection is
-    closed under it can abort ("terminate called without an active exception") after all its work is
-    done, and the launcher then reports the whole job as failed. Not on an error path: a failed peer may
-    never arrive at the barrier."""
+    rank tears down its connections while a peer is still in a collective. Not on an error path: a failed
+    peer may never arrive at the barrier. (A rank that aborted at exit after a clean barrier was a group
+    kept alive past this call: see :func:`_import_group_defaults`.)"""
     if dist.is_available() and dist.is_initialized():
         if synchronize and dist.get_world_size() > 1:
             dist.barrier()
