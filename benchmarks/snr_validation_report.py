@@ -137,6 +137,12 @@ def verdict(c: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
+def _main_protocol() -> str:
+    """The docstring's protocol up to its calibration part (which the calibration section shows)."""
+    text = sv.__doc__.split("Protocol (written before any run of it):", 1)[1]
+    return text.split("Calibration protocol", 1)[0].strip()
+
+
 def calibration_section(args: argparse.Namespace, cases: list[dict[str, Any]]) -> tuple[dict, list[str]]:
     """Item 4: the fit, the old and the new rule side by side, and the held-out test where it has run."""
     fitted = cal.calibration(args)
@@ -302,7 +308,9 @@ def write(args: argparse.Namespace) -> Path:
         "",
         "## Protocol (written before the runs)",
         "",
-        sv.__doc__.split("Protocol (written before any run of it):", 1)[1].split("Parts,")[0].strip(),
+        _main_protocol(),
+        "",
+        "The calibration protocol (item 4) is under *Calibration* below.",
         "",
         "## Cases",
         "",
