@@ -31,7 +31,8 @@ def posthoc():
 
 
 def test_moments_of_a_latent_shard_match_the_closed_form(posthoc, tmp_path):
-    # 2 elements: element 0 is 3 ± 1, element 1 is -3 ± 2 (signs alternating over 6 items), posterior var 1 (log 0: exact in float32)
+    # 2 elements: element 0 is 3 ± 1, element 1 is -3 ± 2 (signs alternating over 6 items);
+    # posterior var 1 (logvar 0: exact in float32)
     sign = np.array([1.0, -1.0] * 3, dtype=np.float32)
     mean = np.stack([3.0 + sign, -3.0 + 2.0 * sign], axis=1).reshape(6, 2, 1, 1)
     logvar = np.zeros_like(mean)
