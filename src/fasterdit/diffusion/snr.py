@@ -672,7 +672,8 @@ def recommend_scale(
     * ``method="tail"``: a target PDF by its low-SNR tail, ``tail = (λ_lo, q)``: k puts the ``q``-quantile
       of λ_data at ``λ_lo`` nats, so at most a fraction ``q`` of training sits below ``λ_lo`` whatever the
       law's spread (a wider law gets larger data). ``(0, 0.5)`` is the median rule; the calibration of
-      ``benchmarks/snr_validation.py`` fits ``(λ_lo, q)`` by training.
+      ``benchmarks/snr_validation.py`` fitted ``(−2.42, 0.09)`` by training on two latent sets, and that
+      fit failed its held-out test on pixels (docs/snr.md), so it is an option, not the default.
 
     ``recipe`` may also be a LogSNRDistribution (then ``data_std`` is ignored).
     """
