@@ -162,6 +162,25 @@ def test_a_checkpoint_pruned_while_it_is_read_is_looked_up_again(run_copy):
     assert read == [4, 5] and step == 5 and path.name == "step-000000005" and warnings == []
 
 
+def test_a_checkpoint_pruned_between_its_size_and_its_checksum_is_looked_up_again(run_copy, monkeypatch):
+    """Deterministic: step 4's files pass the size check, then a save of step 5 prunes it before its
+    checksum is read (the window a concurrent ``keep_last 1`` run hit, as FileNotFoundError)."""
+    parts = saved_parts(run_copy / CKPT4)
+    real_sha = ck._sha256
+    saved: list[int] = []
+
+    def sha_after_a_prune(path: Path) -> str:
+        if not saved:
+            saved.append(5)
+            ck.save_checkpoint(run_copy, 5, keep_last=1, **parts)  # prunes step 4, whose file is `path`
+        return real_sha(path)
+
+    monkeypatch.setattr(ck, "_sha256", sha_after_a_prune)
+    warnings: list[str] = []
+    path, step = ck.open_intact(run_copy, lambda c: ck.read_meta(c)["step"], warnings.append)
+    assert saved == [5] and step == 5 and path.name == "step-000000005" and warnings == []
+
+
 def test_a_checkpoint_that_keeps_vanishing_is_a_clear_error(run_copy, monkeypatch):
     monkeypatch.setattr(ck, "_first_intact", lambda *args: (None, True))
     with pytest.raises(ck.CheckpointError, match=r"pruned or replaced 20 times in a row"):

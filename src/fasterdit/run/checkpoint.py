@@ -317,7 +317,11 @@ def verify_checkpoint(ckpt: str | Path) -> None:
         if actual != size:
             raise CheckpointError(f"{path}: {actual} bytes, the manifest records {size} (truncated?)")
         want = sums.get(name)
-        if want is not None and _sha256(path) != want:
+        try:
+            actual_sum = None if want is None else _sha256(path)
+        except OSError as err:  # gone since its size was read: a prune, which the caller tells from damage
+            raise CheckpointError(f"{path}: missing ({err.strerror})") from None
+        if actual_sum != want:
             raise CheckpointError(f"{path}: SHA-256 mismatch with meta.json (the file is corrupt)")
 
 
