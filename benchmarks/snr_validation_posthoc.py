@@ -56,9 +56,14 @@ def raw_elements(data: str, work: Path) -> tuple[np.ndarray, np.ndarray]:
         pixels = x[split_indices(y.astype(np.int64), "train")].astype(np.float64) / 255.0 * 2.0 - 1.0
         pixels = pixels.reshape(len(pixels), -1)
         return pixels, np.zeros_like(pixels)
+    return latent_elements(work / {"latents-raw": "mnist-latent", "latents16-raw": "mnist-latent16"}[data])
+
+
+def latent_elements(folder: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(posterior means, posterior variances) per item and element of a prepared latent folder, float64,
+    read from its shards with safetensors."""
     from safetensors.numpy import load_file
 
-    folder = work / {"latents-raw": "mnist-latent", "latents16-raw": "mnist-latent16"}[data]
     manifest = json.loads((folder / "manifest.json").read_text())
     shards = [load_file(folder / s["file"]) for s in manifest["shards"]]
     mean = np.concatenate([s["mean"].astype(np.float64) for s in shards])

@@ -32,10 +32,17 @@ Protocol (written 2026-12-05 22:30 UTC, before any run of it; the predictions ar
   hypothesis survives its first held-out test (and becomes a candidate default, to be tested on the issue's
   cases); worse → it is refuted and reported so; no difference → undecided, reported so.
 
+Re-check (``--recheck``; the sample fixed here, before any run finished: the seed-0 run of each trained
+prediction): the final FID again by ``fasterdit eval`` in a fresh process (round-off only), and the
+per-channel mean and std the run normalised by (its ``recipe.yaml``) against numpy's float64 statistics of
+the scaled latents from the shard (posterior means and variances), and the std it recorded (``snr.json``)
+against ``t``.
+
 Usage::
 
     python benchmarks/snr_validation_within.py --run [--seeds 0,1]   # 7 runs, ~15 min each
     python benchmarks/snr_validation_within.py --report   # docs/benchmarks/snr_validation_within.*
+    python benchmarks/snr_validation_within.py --recheck  # docs/benchmarks/snr_validation_within_recheck.*
     python benchmarks/snr_validation_within.py --quick    # tiny smoke run (tests)
 """
 
@@ -70,14 +77,20 @@ LAW = "lognorm"
 TRAINED = (("within_rule", sv.SEEDS), ("shipped_rule", sv.SEEDS), ("within_from_b", sv.SEEDS[:1]))
 
 
-def channel_moments(work: Path) -> dict[str, float]:
-    """Pooled and within-element std of (b)'s latents normalised per channel to std 1 (float64 numpy from
-    the shard's posterior means and variances: per channel Var = Var[mean] + E[σ²], as ``fasterdit prepare``
-    measures it)."""
-    values, extra = ph.raw_elements(SOURCE, work)
-    channels = json.loads((work / "mnist-latent16" / "manifest.json").read_text())["channels"]
-    x = values.reshape(len(values), channels, -1)
-    e = extra.reshape(len(extra), channels, -1)
+def _channels(folder: Path) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """(posterior means, variances) of a prepared latent folder as (item, channel, position), and its
+    manifest."""
+    values, extra = ph.latent_elements(folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    c = int(manifest["channels"])
+    return values.reshape(len(values), c, -1), extra.reshape(len(extra), c, -1), manifest
+
+
+def channel_moments(folder: Path) -> dict[str, float]:
+    """Pooled and within-element std of a latent folder's latents normalised per channel to std 1 (float64
+    numpy from the shards' posterior means and variances: per channel Var = Var[mean] + E[σ²], as
+    ``fasterdit prepare`` measures it)."""
+    x, e, _ = _channels(folder)
     mean_c = x.mean(axis=(0, 2))
     var_c = ((x - mean_c[None, :, None]) ** 2).mean(axis=(0, 2)) + e.mean(axis=(0, 2))
     z = (x - mean_c[None, :, None]) / np.sqrt(var_c)[None, :, None]
@@ -85,6 +98,16 @@ def channel_moments(work: Path) -> dict[str, float]:
     pooled = math.sqrt((z**2).mean() + ze.mean() - z.mean() ** 2)
     within = math.sqrt(((z - z.mean(axis=0)) ** 2).mean() + ze.mean())
     return {"pooled": pooled, "within": within}
+
+
+def channel_stats(folder: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and std of a latent folder's latents as the trainer reads them (× ``scaling_factor``),
+    float64 numpy from the shards (Var = Var[posterior mean] + E[posterior variance])."""
+    x, e, manifest = _channels(folder)
+    f = float(manifest["scaling_factor"])
+    mean = x.mean(axis=(0, 2)) * f
+    var = ((x * f - mean[None, :, None]) ** 2).mean(axis=(0, 2)) + e.mean(axis=(0, 2)) * f * f
+    return mean, np.sqrt(var)
 
 
 def overrides(t: float) -> dict[str, Any]:
@@ -132,10 +155,10 @@ def predictions(args: argparse.Namespace) -> dict[str, Any]:
     rows = [r for r in ph.best_medians(sv_args, Path(args.work)) if r["law"] == LAW]
     if any(r["status"] != "measured" for r in rows):
         raise SystemExit(f"the {LAW} sweeps of (a)-(c) are not all finished")
-    e = channel_moments(Path(args.work))
+    source = sv.source_of(sv_args, SOURCE)[0]
+    e = channel_moments(Path(source))
     target = float(np.mean([r["median_within"] for r in rows]))
     b = next(r for r in rows if r["data"] == SOURCE)
-    source = sv.source_of(sv_args, SOURCE)[0]
     t = {
         "within_rule": math.exp(target / 2) / e["within"],
         "shipped_rule": shipped_rule(args, source),
@@ -155,8 +178,13 @@ def predictions(args: argparse.Namespace) -> dict[str, Any]:
     return frozen
 
 
+def source_folder(args: argparse.Namespace) -> str:
+    """The prepared latents (e) is made of: (b)'s, or with ``--quick`` the smoke run's own."""
+    return args.latents if args.quick else sv.source_of(args, SOURCE)[0]
+
+
 def job_for(args: argparse.Namespace, rule: str, t: float, seed: int) -> Job:
-    source = args.latents if args.quick else sv.source_of(args, SOURCE)[0]
+    source = source_folder(args)
     sizes = sv.QUICK_SIZES if args.quick else dataclasses.replace(sv.SIZES, model=sv.DATASETS[SOURCE].model)
     job = Job("within", f"{DATA}-{LAW}-t{t:.4g}-s{seed}", f"flow-{LAW}", "sit", overrides(t), seed, sv.LR,
               sv.LR_SOURCE, sizes)  # fmt: skip
@@ -175,6 +203,74 @@ def plan(args: argparse.Namespace) -> list[Job]:
             if seed in seeds and seed in args.seeds and not (args.quick and seed > 0):
                 jobs.append(job_for(args, rule, t[rule], seed))
     return jobs
+
+
+def recheck(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The seed-0 run of each trained prediction, checked by other paths (see the module docstring)."""
+    import yaml
+
+    from snr_validation_recheck import FID_TOLERANCE, STD_TOLERANCE, eval_again
+
+    t = predictions(args)["t"]
+    mean, std = channel_stats(Path(source_folder(args)))
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for rule, _ in TRAINED:
+            name = f"{DATA}-{LAW}-t{t[rule]:.4g}-s0"
+            metrics = Path(args.results) / "within" / f"{name}.json"
+            run_dir = Path(args.work) / "runs" / "within" / name
+            if not (metrics.is_file() and run_dir.is_dir()):
+                rows.append({"run": name, "status": "not run yet"})
+                continue
+            final = json.loads(metrics.read_text())["evals"][-1]
+            again = eval_again(run_dir, Path(tmp) / f"{name}.json")
+            scaling = yaml.safe_load((run_dir / "recipe.yaml").read_text())["scaling"]
+            seen = json.loads((run_dir / "snr.json").read_text())["placement"]["effective_std"]
+            rel = max(np.max(np.abs(np.array(scaling["std"]) / std - 1.0)),
+                      np.max(np.abs(np.array(scaling["mean"]) - mean)) / float(np.min(std)))  # fmt: skip
+            rows.append({
+                "run": name,
+                "status": "checked",
+                "fid_metrics_file": final["fid"],
+                "fid_eval_cli": again["fid"],
+                "fid_agree": abs(again["fid"] - final["fid"]) <= FID_TOLERANCE * max(1.0, final["fid"]),
+                "channel_stats_max_rel_error": float(rel),
+                "channel_stats_agree": bool(rel <= STD_TOLERANCE),
+                "std_recorded": seen,
+                "t": t[rule],
+                "std_agree": abs(seen / t[rule] - 1.0) <= STD_TOLERANCE,
+            })  # fmt: skip
+    return rows
+
+
+HEADERS = ("run", "status", "FID (metrics file)", "FID (fasterdit eval)", "agree",
+           "channel stats: max rel. error", "agree", "std recorded", "= t")  # fmt: skip
+
+
+def recheck_markdown(rows: list[dict[str, Any]], machine: dict) -> str:
+    table = [
+        [r["run"], r["status"], r.get("fid_metrics_file"), r.get("fid_eval_cli"), r.get("fid_agree"),
+         r.get("channel_stats_max_rel_error"), r.get("channel_stats_agree"), r.get("std_recorded"),
+         r.get("std_agree")]
+        for r in rows
+    ]  # fmt: skip
+    lines = [
+        "# Re-check of the within-element-std test's runs (issue #26)",
+        "",
+        "Command: `python benchmarks/snr_validation_within.py --recheck` (after the runs; their run dirs in "
+        "`--work`).",
+        "",
+        "## Machine",
+        "",
+        common.facts_markdown(machine),
+        "",
+        "## What is checked",
+        "",
+        "Re-check (" + __doc__.split("Re-check (")[1].split("Usage::")[0].strip(),
+        "",
+        common.md_table(HEADERS, table),
+    ]
+    return "\n".join(lines) + "\n"
 
 
 def results(args: argparse.Namespace) -> dict[str, Any]:
@@ -284,6 +380,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--run", action="store_true", help="train the planned runs (skips finished ones)")
     p.add_argument("--report", action="store_true", help="write the report from the metrics files")
+    p.add_argument("--recheck", action="store_true", help="re-check a sample of the runs by other paths")
     p.add_argument("--quick", action="store_true", help="tiny smoke run; temp dirs")
     p.add_argument("--seeds", default="0,1,2", help="only these seeds (two lanes: split them)")
     p.add_argument("--fresh", action="store_true", help="rerun runs whose metrics file exists")
@@ -298,9 +395,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.quick:
         tmp = Path(tempfile.mkdtemp(prefix="snr_validation_within_quick_"))
         args.work, args.results, args.docs = str(tmp / "work"), str(tmp / "results"), str(tmp / "docs")
-        args.run = args.report = True
-    if not (args.run or args.report):
-        p.error("give --run, --report or --quick")
+        args.run = args.report = args.recheck = True
+    if not (args.run or args.report or args.recheck):
+        p.error("give --run, --report, --recheck or --quick")
     return args
 
 
@@ -327,6 +424,13 @@ def main(argv: list[str] | None = None) -> int:
                            "command": common.command_line(__file__)})  # fmt: skip
         (docs / "snr_validation_within.md").write_text(markdown(pred, res, png, machine))
         print(f"wrote {docs / 'snr_validation_within.md'}")
+    if args.recheck:
+        rows = recheck(args)
+        docs, machine = Path(args.docs), common.machine_facts()
+        record = {"rows": rows, "machine": machine, "command": common.command_line(__file__)}
+        common.write_json(docs / "snr_validation_within_recheck.json", record)
+        (docs / "snr_validation_within_recheck.md").write_text(recheck_markdown(rows, machine))
+        print(f"wrote {docs / 'snr_validation_within_recheck.md'}")
     return 0
 
 

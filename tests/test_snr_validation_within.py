@@ -42,13 +42,17 @@ def test_channel_normalised_stds_match_the_closed_form(within, tmp_path):
     folder = tmp_path / "mnist-latent16"
     folder.mkdir()
     save_file({"mean": mean, "logvar": np.zeros_like(mean)}, str(folder / "shard.safetensors"))
-    manifest = {"channels": 2, "shards": [{"file": "shard.safetensors"}]}
+    manifest = {"channels": 2, "scaling_factor": 0.5, "shards": [{"file": "shard.safetensors"}]}
     (folder / "manifest.json").write_text(json.dumps(manifest))
-    m = within.channel_moments(tmp_path)
+    m = within.channel_moments(folder)
     # channel 0: Var = E[x^2] + posterior 1 = 2 + 1 = 3, within = 1 + 1 = 2 -> 2/3 after normalisation;
     # channel 1: Var = 4 + 1 = 5, within = 4 + 1 = 5 (its mean image is the channel mean) -> 1
     assert m["pooled"] == pytest.approx(1.0, rel=1e-12)
     assert m["within"] == pytest.approx(math.sqrt((2.0 / 3.0 + 1.0) / 2.0), rel=1e-12)
+    # what the trainer reads: the latents x scaling_factor 0.5: means (0, 5) x 0.5, variances (3, 5) x 0.25
+    mean, std = within.channel_stats(folder)
+    assert mean == pytest.approx([0.0, 2.5], abs=1e-12)
+    assert std == pytest.approx([math.sqrt(0.75), math.sqrt(1.25)], rel=1e-12)
 
 
 def test_the_recipe_normalises_each_channel_to_the_target_std(within):
@@ -95,3 +99,7 @@ def test_quick_mode_trains_each_prediction_in_channel_mode_and_writes_the_report
     for rule, r in rows.items():
         recipe = (run_dir / f"latents16-chan-lognorm-t{r['t']:.4g}-s0" / "recipe.yaml").read_text()
         assert "mode: channel" in recipe and f"target_std: {r['t']}" in recipe, rule
+    recheck = json.loads((docs / "snr_validation_within_recheck.json").read_text())["rows"]
+    assert len(recheck) == len(within.TRAINED)
+    assert all(r["status"] == "checked" and r["fid_agree"] for r in recheck)
+    assert all(r["channel_stats_agree"] and r["std_agree"] for r in recheck)
