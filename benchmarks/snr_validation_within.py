@@ -1,7 +1,7 @@
 """A held-out test of the within-element-std hypothesis (issue #26, after ``snr_validation_posthoc``).
 
-Protocol (written 2026-12-05 22:30 UTC, before any run of it; the predictions are frozen in
-``benchmarks/results/snr_validation_within/predictions.json``, committed before the first run):
+Protocol (written 2026-12-05, committed 22:11 UTC before any run of it; the predictions are frozen in
+``benchmarks/results/snr_validation_within/predictions-<law>.json``, committed before the law's first run):
 
 * **What is tested.** ``snr_validation_posthoc`` found, after the fact, that the best scales of the three
   data sets line up when the λ law is placed with the *within-element* std (around the per-element mean over
@@ -31,16 +31,22 @@ Protocol (written 2026-12-05 22:30 UTC, before any run of it; the predictions ar
   mean(within) − mean(shipped) > it, else *no difference beyond the seed noise*. Better → the
   hypothesis survives its first held-out test (and becomes a candidate default, to be tested on the issue's
   cases); worse → it is refuted and reported so; no difference → undecided, reported so.
+* *Amendment (22:48 UTC, after lognorm's seed 0 of the within and shipped rules — 15.3 against 25.7 — and
+  before any uniform run of (e)):* the same test with **uniform** timesteps, the issue's second law (its
+  predictions from the uniform sweeps of (a)–(c), frozen in ``predictions-uniform.json`` before its first
+  run; the same runs and verdict, plus seed 0 at the pooled std's carried-over best, t ≈ 3.9, which the
+  shipped rule's t = 1 does not stand for under this law). The within and shipped rules sit closer there
+  (0.68 nats against 1.22), so a "no difference" is more likely and would say less.
 
-Re-check (``--recheck``; the sample fixed here, before any run finished: the seed-0 run of each trained
-prediction): the final FID again by ``fasterdit eval`` in a fresh process (round-off only), and the
-per-channel mean and std the run normalised by (its ``recipe.yaml``) against numpy's float64 statistics of
-the scaled latents from the shard (posterior means and variances), and the std it recorded (``snr.json``)
-against ``t``.
+Re-check (``--recheck``; the sample fixed at 22:30, when one run had finished, by position not by result:
+the seed-0 run of each trained prediction, per law): the final FID again by ``fasterdit eval`` in a fresh
+process (round-off only), the per-channel mean and std the run normalised by (its ``recipe.yaml``)
+against numpy's float64 statistics of the scaled latents from the shard (posterior means and variances),
+and the std it recorded (``snr.json``) against ``t``.
 
 Usage::
 
-    python benchmarks/snr_validation_within.py --run [--seeds 0,1]   # 7 runs, ~15 min each
+    python benchmarks/snr_validation_within.py --run [--law lognorm] [--seeds 0,1]   # 7 runs a law, ~7 min
     python benchmarks/snr_validation_within.py --report   # docs/benchmarks/snr_validation_within.*
     python benchmarks/snr_validation_within.py --recheck  # docs/benchmarks/snr_validation_within_recheck.*
     python benchmarks/snr_validation_within.py --quick    # tiny smoke run (tests)
@@ -72,9 +78,14 @@ from latent_convergence_runs import run_job
 RESULTS = sv.ROOT / "benchmarks" / "results" / "snr_validation_within"
 DATA = "latents16-chan"
 SOURCE = "latents16-raw"
-LAW = "lognorm"
+LAWS = ("lognorm", "uniform")  # uniform: an extension written 22:45, before any uniform run of (e)
 #: the trained predictions: (name, seeds); ``pooled_from_b`` is reported, its stand-in is the shipped run
-TRAINED = (("within_rule", sv.SEEDS), ("shipped_rule", sv.SEEDS), ("within_from_b", sv.SEEDS[:1]))
+TRAINED = {
+    "lognorm": (("within_rule", sv.SEEDS), ("shipped_rule", sv.SEEDS), ("within_from_b", sv.SEEDS[:1])),
+    # uniform: the shipped rule's t is not the pooled std's carried-over best (3.9), so that one runs too
+    "uniform": (("within_rule", sv.SEEDS), ("shipped_rule", sv.SEEDS), ("within_from_b", sv.SEEDS[:1]),
+                ("pooled_from_b", sv.SEEDS[:1])),
+}  # fmt: skip
 
 
 def _channels(folder: Path) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
@@ -110,22 +121,22 @@ def channel_stats(folder: Path) -> tuple[np.ndarray, np.ndarray]:
     return mean, np.sqrt(var)
 
 
-def overrides(t: float) -> dict[str, Any]:
-    """The ``sit`` preset with the law of the test, the data normalised per channel to std ``t``."""
-    ov = std_overrides(LAW, 1.0)
+def overrides(law: str, t: float) -> dict[str, Any]:
+    """The ``sit`` preset with the timestep law ``law``, the data normalised per channel to std ``t``."""
+    ov = std_overrides(law, 1.0)
     del ov["scaling.multiplier"]
-    ov.update({"name": f"flow-{LAW}-chan{t:.4g}", "scaling.mode": "channel", "scaling.target_std": float(t)})
+    ov.update({"name": f"flow-{law}-chan{t:.4g}", "scaling.mode": "channel", "scaling.target_std": float(t)})
     return ov
 
 
-def shipped_rule(args: argparse.Namespace, source: str) -> float:
+def shipped_rule(args: argparse.Namespace, law: str, source: str) -> float:
     """``fasterdit snr --recommend`` on the channel-mode recipe at t = 1 (the real command): its t."""
     from fasterdit.cli import main as cli
     from fasterdit.diffusion.recipe import get_preset
 
-    yml = Path(args.work) / f"{DATA}-{LAW}.yaml"
+    yml = Path(args.work) / f"{DATA}-{law}.yaml"
     yml.parent.mkdir(parents=True, exist_ok=True)
-    get_preset("sit").updated(overrides(1.0)).to_yaml(yml)
+    get_preset("sit").updated(overrides(law, 1.0)).to_yaml(yml)
     argv = ["snr", "--recipe", str(yml), "--data", source, "--recommend", "--mc", "0", "--json"]
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
@@ -134,14 +145,14 @@ def shipped_rule(args: argparse.Namespace, source: str) -> float:
     return float(json.loads(buf.getvalue())["curves"][0]["recommendation"]["k"])
 
 
-def predictions(args: argparse.Namespace) -> dict[str, Any]:
-    """The frozen predictions (computed once from the sweeps of (a)–(c), then read back)."""
-    path = Path(args.results) / "predictions.json"
+def predictions(args: argparse.Namespace, law: str) -> dict[str, Any]:
+    """The frozen predictions for ``law`` (computed once from the sweeps of (a)–(c), then read back)."""
+    path = Path(args.results) / f"predictions-{law}.json"
     if path.is_file():
         return json.loads(path.read_text())
     if args.quick:  # no sweeps to read: made-up numbers, the code paths only
         return {
-            "t": {"within_rule": 0.5, "shipped_rule": 1.0, "within_from_b": 0.4, "pooled_from_b": 1.0},
+            "t": {"within_rule": 0.5, "shipped_rule": 1.0, "within_from_b": 0.4, "pooled_from_b": 2.0},
             "target_within_median_nats": 0.0,
             "best_medians": {},
             "best_k_b": 1.0,
@@ -152,16 +163,16 @@ def predictions(args: argparse.Namespace) -> dict[str, Any]:
     sv_args = sv.parse_args(["--report", "--work", args.work])
     for data in sv.MEASURED:
         sv.source_of(sv_args, data)  # prepares the latents where they are missing (seeded: the same ones)
-    rows = [r for r in ph.best_medians(sv_args, Path(args.work)) if r["law"] == LAW]
+    rows = [r for r in ph.best_medians(sv_args, Path(args.work)) if r["law"] == law]
     if any(r["status"] != "measured" for r in rows):
-        raise SystemExit(f"the {LAW} sweeps of (a)-(c) are not all finished")
+        raise SystemExit(f"the {law} sweeps of (a)-(c) are not all finished")
     source = sv.source_of(sv_args, SOURCE)[0]
     e = channel_moments(Path(source))
     target = float(np.mean([r["median_within"] for r in rows]))
     b = next(r for r in rows if r["data"] == SOURCE)
     t = {
         "within_rule": math.exp(target / 2) / e["within"],
-        "shipped_rule": shipped_rule(args, source),
+        "shipped_rule": shipped_rule(args, law, source),
         "within_from_b": b["best_k"] * b["moments"]["within"] / e["within"],
         "pooled_from_b": b["best_k"] * b["moments"]["pooled"] / e["pooled"],
     }
@@ -183,25 +194,31 @@ def source_folder(args: argparse.Namespace) -> str:
     return args.latents if args.quick else sv.source_of(args, SOURCE)[0]
 
 
-def job_for(args: argparse.Namespace, rule: str, t: float, seed: int) -> Job:
+def run_name(law: str, t: float, seed: int) -> str:
+    return f"{DATA}-{law}-t{t:.4g}-s{seed}"
+
+
+def job_for(args: argparse.Namespace, law: str, rule: str, t: float, seed: int) -> Job:
     source = source_folder(args)
     sizes = sv.QUICK_SIZES if args.quick else dataclasses.replace(sv.SIZES, model=sv.DATASETS[SOURCE].model)
-    job = Job("within", f"{DATA}-{LAW}-t{t:.4g}-s{seed}", f"flow-{LAW}", "sit", overrides(t), seed, sv.LR,
+    job = Job("within", run_name(law, t, seed), f"flow-{law}", "sit", overrides(law, t), seed, sv.LR,
               sv.LR_SOURCE, sizes)  # fmt: skip
-    job.extra.update(law=LAW, k=t, rule=rule, time_shift=1.0, source=source,
+    job.extra.update(law=law, k=t, rule=rule, time_shift=1.0, source=source,
                      data=f"{DATA}: (b)'s latents normalised per channel to std t")  # fmt: skip
     job.extra["converged"] = sv.CONVERGED["flow"]
     return job
 
 
 def plan(args: argparse.Namespace) -> list[Job]:
-    """Seed-major (every prediction's seed 0 first): a session cut short still compares like with like."""
-    t = predictions(args)["t"]
+    """Law by law; within a law seed-major (every prediction's seed 0 first), so that a session cut short
+    still compares like with like."""
     jobs = []
-    for seed in sv.SEEDS:
-        for rule, seeds in TRAINED:
-            if seed in seeds and seed in args.seeds and not (args.quick and seed > 0):
-                jobs.append(job_for(args, rule, t[rule], seed))
+    for law in args.laws:
+        t = predictions(args, law)["t"]
+        for seed in sv.SEEDS:
+            for rule, seeds in TRAINED[law]:
+                if seed in seeds and seed in args.seeds and not (args.quick and seed > 0):
+                    jobs.append(job_for(args, law, rule, t[rule], seed))
     return jobs
 
 
@@ -211,16 +228,16 @@ def recheck(args: argparse.Namespace) -> list[dict[str, Any]]:
 
     from snr_validation_recheck import FID_TOLERANCE, STD_TOLERANCE, eval_again
 
-    t = predictions(args)["t"]
     mean, std = channel_stats(Path(source_folder(args)))
     rows = []
+    sample = [(law, rule, predictions(args, law)["t"][rule]) for law in args.laws for rule, _ in TRAINED[law]]
     with tempfile.TemporaryDirectory() as tmp:
-        for rule, _ in TRAINED:
-            name = f"{DATA}-{LAW}-t{t[rule]:.4g}-s0"
+        for law, rule, t in sample:
+            name = run_name(law, t, 0)
             metrics = Path(args.results) / "within" / f"{name}.json"
             run_dir = Path(args.work) / "runs" / "within" / name
             if not (metrics.is_file() and run_dir.is_dir()):
-                rows.append({"run": name, "status": "not run yet"})
+                rows.append({"run": name, "rule": rule, "status": "not run yet"})
                 continue
             final = json.loads(metrics.read_text())["evals"][-1]
             again = eval_again(run_dir, Path(tmp) / f"{name}.json")
@@ -230,6 +247,7 @@ def recheck(args: argparse.Namespace) -> list[dict[str, Any]]:
                       np.max(np.abs(np.array(scaling["mean"]) - mean)) / float(np.min(std)))  # fmt: skip
             rows.append({
                 "run": name,
+                "rule": rule,
                 "status": "checked",
                 "fid_metrics_file": final["fid"],
                 "fid_eval_cli": again["fid"],
@@ -237,8 +255,8 @@ def recheck(args: argparse.Namespace) -> list[dict[str, Any]]:
                 "channel_stats_max_rel_error": float(rel),
                 "channel_stats_agree": bool(rel <= STD_TOLERANCE),
                 "std_recorded": seen,
-                "t": t[rule],
-                "std_agree": abs(seen / t[rule] - 1.0) <= STD_TOLERANCE,
+                "t": t,
+                "std_agree": abs(seen / t - 1.0) <= STD_TOLERANCE,
             })  # fmt: skip
     return rows
 
@@ -273,14 +291,14 @@ def recheck_markdown(rows: list[dict[str, Any]], machine: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def results(args: argparse.Namespace) -> dict[str, Any]:
-    """Per trained prediction: its t, the final FID per seed, mean and spread; and the verdict."""
-    t = predictions(args)["t"]
+def results(args: argparse.Namespace, law: str) -> dict[str, Any]:
+    """Per trained prediction for ``law``: its t, the final FID per seed, mean and spread; and the verdict."""
+    t = predictions(args, law)["t"]
     folder = Path(args.results) / "within"
-    runs = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))] if folder.is_dir() else []
     rows = []
-    for rule, seeds in TRAINED:
-        mine = [m for m in runs if m["settings"]["recipe_overrides"]["scaling.target_std"] == t[rule]]
+    for rule, seeds in TRAINED[law]:
+        paths = [folder / f"{run_name(law, t[rule], s)}.json" for s in seeds]
+        mine = [json.loads(p.read_text()) for p in paths if p.is_file()]
         fids = {int(m["seed"]): sv.final_fid(m) for m in mine}
         done = [fids[s] for s in sorted(fids)]
         rows.append({
@@ -305,20 +323,21 @@ def verdict(within: dict[str, Any], shipped: dict[str, Any]) -> dict[str, Any]:
     return {"status": status, "gain": gain, "noise": noise}
 
 
-def plot(rows: list[dict[str, Any]], path: Path) -> Path | None:
+def plot(per_law: dict[str, dict[str, Any]], path: Path) -> Path | None:
     plt = common.pyplot()
-    if plt is None or not any(r["fids"] for r in rows):
+    if plt is None or not any(r["fids"] for res in per_law.values() for r in res["rows"]):
         return None
-    fig, ax = plt.subplots(figsize=(5.2, 3.4))
-    for r in rows:
-        if r["fids"]:
-            label = f"{r['rule']} (t={r['t']:.3g})"
-            ax.plot([r["t"]] * len(r["fids"]), list(r["fids"].values()), "o", label=label)
-    ax.set_xscale("log")
-    ax.set_xlabel("target std t of the channel-normalised latents")
-    ax.set_ylabel("final FID-clf (1,050 steps)")
-    ax.set_title("(e) latents16-chan, flow + lognorm")
-    ax.legend()
+    fig, axes = plt.subplots(1, len(per_law), figsize=(4.8 * len(per_law), 3.4), squeeze=False)
+    for ax, (law, res) in zip(axes[0], per_law.items()):
+        for r in res["rows"]:
+            if r["fids"]:
+                label = f"{r['rule']} (t={r['t']:.3g})"
+                ax.plot([r["t"]] * len(r["fids"]), list(r["fids"].values()), "o", label=label)
+        ax.set_xscale("log")
+        ax.set_xlabel("target std t of the channel-normalised latents")
+        ax.set_ylabel("final FID-clf (1,050 steps)")
+        ax.set_title(f"(e) latents16-chan, flow + {law}")
+        ax.legend()
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
@@ -326,7 +345,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> Path | None:
     return path
 
 
-def markdown(pred: dict[str, Any], res: dict[str, Any], png: Path | None, machine: dict) -> str:
+def law_section(law: str, pred: dict[str, Any], res: dict[str, Any]) -> list[str]:
     t, e, b = pred["t"], pred["moments_e"], pred["moments_b"]
     medians = ", ".join(f"{d} {v:+.2f}" for d, v in pred["best_medians"].items())
     prediction_rows = [[k, v, 2 * math.log(v / t["shipped_rule"])] for k, v in t.items()]
@@ -339,6 +358,24 @@ def markdown(pred: dict[str, Any], res: dict[str, Any], png: Path | None, machin
     gain = ""
     if "gain" in v:
         gain = f" (the within rule's mean gain {v['gain']:+.2f} FID, seed noise {v['noise']:.2f})"
+    return [
+        f"## {law}",
+        "",
+        f"Predictions frozen {pred['date']}. (e)'s stds at t = 1: pooled {e['pooled']:.4f}, within "
+        f"{e['within']:.4f}; (b)'s raw: pooled {b['pooled']:.4f}, within {b['within']:.4f}, best k "
+        f"{pred['best_k_b']:.4g}. Best within medians of λ_data ({law}): {medians}; target "
+        f"{pred['target_within_median_nats']:+.2f} nats.",
+        "",
+        common.md_table(["prediction", "t", "in nats from the shipped rule"], prediction_rows),
+        "",
+        common.md_table(["trained", "t", "final FID by seed", "mean", "spread"], result_rows),
+        "",
+        f"**Verdict ({law})**: {v['status']}{gain}",
+        "",
+    ]
+
+
+def markdown(preds: dict[str, Any], per_law: dict[str, Any], png: Path | None, machine: dict) -> str:
     lines = [
         "# The within-element std on a held-out data set (issue #26)",
         "",
@@ -355,24 +392,13 @@ def markdown(pred: dict[str, Any], res: dict[str, Any], png: Path | None, machin
         "",
         "## Protocol (written before any run)",
         "",
-        __doc__.split("\n\n", 1)[1].split("Usage::")[0].strip(),
+        __doc__.split("\n\n", 1)[1].split("Re-check (")[0].strip(),
         "",
-        "## The frozen predictions",
-        "",
-        f"(e)'s stds at t = 1: pooled {e['pooled']:.4f}, within {e['within']:.4f}; (b)'s raw: pooled "
-        f"{b['pooled']:.4f}, within {b['within']:.4f}, best k {pred['best_k_b']:.4g}. Best within medians of "
-        f"λ_data (lognorm): {medians}; target {pred['target_within_median_nats']:+.2f} nats.",
-        "",
-        common.md_table(["prediction", "t", "in nats from the shipped rule"], prediction_rows),
-        "",
-        "## Results",
-        "",
-        common.md_table(["prediction", "t", "final FID by seed", "mean", "spread"], result_rows),
-        "",
-        f"**Verdict**: {v['status']}{gain}",
     ]
+    for law in per_law:
+        lines += law_section(law, preds[law], per_law[law])
     if png is not None:
-        lines += ["", f"![FID by t]({png.name})"]
+        lines += [f"![FID by t]({png.name})"]
     return "\n".join(lines) + "\n"
 
 
@@ -383,6 +409,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--recheck", action="store_true", help="re-check a sample of the runs by other paths")
     p.add_argument("--quick", action="store_true", help="tiny smoke run; temp dirs")
     p.add_argument("--seeds", default="0,1,2", help="only these seeds (two lanes: split them)")
+    p.add_argument("--law", default=",".join(LAWS), help=f"timestep laws ({', '.join(LAWS)}; default both)")
     p.add_argument("--fresh", action="store_true", help="rerun runs whose metrics file exists")
     p.add_argument("--keep-checkpoints", action="store_true", help="keep every checkpoint of a run")
     p.add_argument("--work", default="/tmp/snr_validation", help="snr_validation's --work (its latents)")
@@ -392,6 +419,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1, help="torch threads")
     args = p.parse_args(argv)
     args.seeds = tuple(int(s) for s in args.seeds.split(","))
+    args.laws = tuple(w for w in args.law.split(",") if w)
+    if not set(args.laws) <= set(LAWS):
+        p.error(f"--law: one of {', '.join(LAWS)}, got {args.law!r}")
     if args.quick:
         tmp = Path(tempfile.mkdtemp(prefix="snr_validation_within_quick_"))
         args.work, args.results, args.docs = str(tmp / "work"), str(tmp / "results"), str(tmp / "docs")
@@ -414,15 +444,15 @@ def main(argv: list[str] | None = None) -> int:
         for job in plan(args):
             run_job(args, job, {"source": job.extra["source"]})
     if args.report:
-        pred = predictions(args)
-        res = results(args)
+        preds = {law: predictions(args, law) for law in args.laws}
+        per_law = {law: results(args, law) for law in args.laws}
         docs = Path(args.docs)
-        png = plot(res["rows"], docs / "snr_validation_within.png")
+        png = plot(per_law, docs / "snr_validation_within.png")
         machine = common.machine_facts()
-        common.write_json(docs / "snr_validation_within.json",
-                          {"predictions": pred, **res, "machine": machine,
-                           "command": common.command_line(__file__)})  # fmt: skip
-        (docs / "snr_validation_within.md").write_text(markdown(pred, res, png, machine))
+        record = {"laws": {law: {"predictions": preds[law], **per_law[law]} for law in args.laws},
+                  "machine": machine, "command": common.command_line(__file__)}  # fmt: skip
+        common.write_json(docs / "snr_validation_within.json", record)
+        (docs / "snr_validation_within.md").write_text(markdown(preds, per_law, png, machine))
         print(f"wrote {docs / 'snr_validation_within.md'}")
     if args.recheck:
         rows = recheck(args)

@@ -56,7 +56,7 @@ def test_channel_normalised_stds_match_the_closed_form(within, tmp_path):
 
 
 def test_the_recipe_normalises_each_channel_to_the_target_std(within):
-    recipe = get_preset("sit").updated(within.overrides(0.5))
+    recipe = get_preset("sit").updated(within.overrides("lognorm", 0.5))
     assert recipe.scaling.mode == "channel"
     stats = DataStats.of([0.3, -2.0, 7.0], [0.2, 1.5, 4.0])
     pooled, per_channel = recipe.scaling.resolve(mean=stats.mean, std=stats.std).effective_stds(stats)
@@ -91,15 +91,18 @@ def test_quick_mode_trains_each_prediction_in_channel_mode_and_writes_the_report
     assert within.main(["--quick"]) == 0  # its own temp work, results and docs dirs
     docs = Path(capsys.readouterr().out.split("wrote ")[-1].strip()).parent
     report = json.loads((docs / "snr_validation_within.json").read_text())
-    rows = {r["rule"]: r for r in report["rows"]}
-    assert set(rows) == {rule for rule, _ in within.TRAINED}
-    assert all(list(r["fids"]) == ["0"] and math.isfinite(r["fids"]["0"]) for r in rows.values())
-    assert report["verdict"] == {"status": "not finished"}  # quick trains seed 0 only
+    assert set(report["laws"]) == set(within.LAWS)
     run_dir = docs.parent / "work" / "runs" / "within"
-    for rule, r in rows.items():
-        recipe = (run_dir / f"latents16-chan-lognorm-t{r['t']:.4g}-s0" / "recipe.yaml").read_text()
-        assert "mode: channel" in recipe and f"target_std: {r['t']}" in recipe, rule
+    for law, res in report["laws"].items():
+        rows = {r["rule"]: r for r in res["rows"]}
+        assert set(rows) == {rule for rule, _ in within.TRAINED[law]}
+        assert all(list(r["fids"]) == ["0"] and math.isfinite(r["fids"]["0"]) for r in rows.values())
+        assert res["verdict"] == {"status": "not finished"}  # quick trains seed 0 only
+        for rule, r in rows.items():
+            recipe = (run_dir / f"latents16-chan-{law}-t{r['t']:.4g}-s0" / "recipe.yaml").read_text()
+            assert "mode: channel" in recipe and f"target_std: {r['t']}" in recipe, (law, rule)
+            assert f"flow-{law}-chan" in recipe, (law, rule)
     recheck = json.loads((docs / "snr_validation_within_recheck.json").read_text())["rows"]
-    assert len(recheck) == len(within.TRAINED)
+    assert len(recheck) == sum(len(within.TRAINED[law]) for law in within.LAWS)
     assert all(r["status"] == "checked" and r["fid_agree"] for r in recheck)
     assert all(r["channel_stats_agree"] and r["std_agree"] for r in recheck)
