@@ -32,11 +32,11 @@ Protocol (written 2026-12-05, committed 22:11 UTC before any run of it; the pred
   hypothesis survives its first held-out test (and becomes a candidate default, to be tested on the issue's
   cases); worse → it is refuted and reported so; no difference → undecided, reported so.
 * *Amendment (committed 22:44 UTC, after lognorm's seed 0 of the within and shipped rules, 15.3 against
-  25.7, and before any uniform run of (e)):* the same test with **uniform** timesteps, the issue's second law (its
-  predictions from the uniform sweeps of (a)–(c), frozen in ``predictions-uniform.json`` before its first
-  run; the same runs and verdict, plus seed 0 at the pooled std's carried-over best, t ≈ 3.9, which the
-  shipped rule's t = 1 does not stand for under this law). The within and shipped rules sit closer there
-  (0.68 nats against 1.22), so a "no difference" is more likely and would say less.
+  25.7, and before any uniform run of (e)):* the same test with **uniform** timesteps, the issue's second
+  law (its predictions from the uniform sweeps of (a)–(c), frozen in ``predictions-uniform.json`` before
+  its first run; the same runs and verdict, plus seed 0 at the pooled std's carried-over best, t ≈ 3.9,
+  which the shipped rule's t = 1 does not stand for under this law). The within and shipped rules sit
+  closer there (0.68 nats against 1.22), so a "no difference" is more likely and would say less.
 
 Re-check (``--recheck``; the sample fixed at 22:30, when one run had finished, by position not by result:
 the seed-0 run of each trained prediction, per law): the final FID again by ``fasterdit eval`` in a fresh
