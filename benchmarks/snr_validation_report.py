@@ -268,6 +268,21 @@ def _plot(cases: list[dict[str, Any]], path: Path) -> Path | None:
     return path
 
 
+def _shift_line(r: dict[str, Any]) -> str:
+    """Scale against shift at one k: the means, and whether they differ beyond the larger seed spread."""
+    scale, shifted = r["fid_scale"], r["fid_shift"]
+    if len(scale) < 2 or len(shifted) < 2:
+        return f"* k = {_fmt(r['k'])}: not all seeds run"
+    noise = max(max(scale) - min(scale), max(shifted) - min(shifted))
+    gap = statistics.fmean(shifted) - statistics.fmean(scale)
+    beyond = "differ beyond the seed noise" if abs(gap) > noise else "within the seed noise"
+    return (
+        f"* k = {_fmt(r['k'])}: data × k {statistics.fmean(scale):.2f}, shift {_fmt(r['time_shift'])} "
+        f"{statistics.fmean(shifted):.2f} (mean over {len(scale)} and {len(shifted)} seeds; shift − scale "
+        f"{gap:+.2f}, larger seed spread {noise:.2f}): {beyond}"
+    )
+
+
 def _fmt(v: Any) -> str:
     return "–" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
 
@@ -359,6 +374,15 @@ def write(args: argparse.Namespace) -> Path:
                 for r in shift
             ],
         ),
+        "",
+        *[_shift_line(r) for r in shift],
+        "",
+        "## After this report",
+        "",
+        "* [snr_validation_posthoc.md](snr_validation_posthoc.md): why the rule misses where it does (the "
+        "pooled std counts the mean image as signal), read from these sweeps without new runs;",
+        "* [snr_validation_within.md](snr_validation_within.md): that reading tested on a held-out data set, "
+        "by a protocol frozen before its runs.",
         "",
     ]
     if png is not None:
