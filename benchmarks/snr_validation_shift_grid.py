@@ -1,6 +1,6 @@
 """Scale against shift, with the sampler's grid moved too (issue #26, a reading of the ``shift`` part).
 
-Written 2026-12-05 23:20 UTC, after the ``shift`` part had finished (data × 0.5: 8.78, shift 2: 6.83;
+Written 2026-12-05 23:15 UTC, after the ``shift`` part had finished (data × 0.5: 8.78, shift 2: 6.83;
 data × 2: 10.69, shift 0.5: 14.01; 3 seeds each), before any of the evaluations below ran.
 
 **Why.** A training-time shift ``s`` and a data scale ``1/s`` put the same PDF on λ_data during training,
