@@ -285,7 +285,13 @@ def test_ctrl_c_during_start_up_is_one_line_and_exit_130(tmp_path):
     script.write_text(STARTUP)
     train = ["train", "--config", "demo", "--run-dir", str(tmp_path / "r")]
     cmd = [sys.executable, str(script), str(ready), *train]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    # a runner started in the background (`cmd &` in a script, nohup) ignores SIGINT, and an ignored signal
+    # stays ignored across exec, so Python would not turn Ctrl-C into KeyboardInterrupt: the child starts
+    # with the default disposition, as a command typed in a terminal does
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
     deadline = time.time() + 120
     while not ready.exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.1)
