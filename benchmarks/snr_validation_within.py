@@ -78,8 +78,9 @@ from latent_convergence_runs import run_job
 RESULTS = sv.ROOT / "benchmarks" / "results" / "snr_validation_within"
 DATA = "latents16-chan"
 SOURCE = "latents16-raw"
-LAWS = ("lognorm", "uniform")  # uniform: an extension written 22:45, before any uniform run of (e)
-#: the trained predictions: (name, seeds); ``pooled_from_b`` is reported, its stand-in is the shipped run
+LAWS = ("lognorm", "uniform")  # uniform: the amendment committed 22:44, before any uniform run of (e)
+#: the trained predictions per law: (name, seeds); under lognorm ``pooled_from_b`` is within 0.07 nats of the
+#: shipped rule, whose runs stand for it
 TRAINED = {
     "lognorm": (("within_rule", sv.SEEDS), ("shipped_rule", sv.SEEDS), ("within_from_b", sv.SEEDS[:1])),
     # uniform: the shipped rule's t is not the pooled std's carried-over best (3.9), so that one runs too
