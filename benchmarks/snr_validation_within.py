@@ -23,7 +23,8 @@ Protocol (written 2026-12-05, committed 22:11 UTC before any run of it; the pred
   ``within, from (b)``: (b)'s own best within std carried over, ``t = best_k_b · within(b) / within(e)``
   (the controlled reading: same images, only the normalisation differs);
   ``pooled, from (b)``: (b)'s best pooled std carried over, ``t = best_k_b · pooled(b) / 1`` (within 0.04
-  nats of the shipped rule's 1: the shipped run stands for it; not trained separately).
+  nats of the shipped rule's 1 [corrected after the runs: 0.07 nats, as the frozen predictions say]: the
+  shipped run stands for it; not trained separately).
 * **Runs** (the model, batch, optimizer, lr, 1,050 steps and evaluation of ``snr_validation``; seeds 0–2):
   the within rule's ``t`` and the shipped rule's ``t``, 3 seeds each; the within-from-(b) ``t``, seed 0.
 * **Verdict** (decided now): with the mean final FID over 3 seeds and the spread (max − min) of each,
